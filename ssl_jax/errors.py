@@ -1,0 +1,9 @@
+"""The one exception type for bad user input.
+
+Anything raised as `UserError` is printed by the CLI as a single line and exits with code 2, before any
+compute and without touching the workdir. The message names the problem and says how to fix it.
+"""
+
+
+class UserError(Exception):
+  """Bad config value, missing dataset, incompatible checkpoint: anything the user can fix."""
