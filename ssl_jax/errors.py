@@ -7,3 +7,11 @@ compute and without touching the workdir. The message names the problem and says
 
 class UserError(Exception):
   """Bad config value, missing dataset, incompatible checkpoint: anything the user can fix."""
+
+
+class NonFiniteLoss(Exception):
+  """The loss became NaN or Inf; the run stopped and the last good checkpoint is kept."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT arrived; a checkpoint was saved at the step boundary that followed."""

@@ -1,0 +1,60 @@
+"""Defaults shared by every recipe. Each recipe copies this and changes what it needs."""
+import ml_collections
+
+from ssl_jax.data import augment
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses 'runlocal' or 'key=value,key2' config arguments (big_vision style) over `defaults`."""
+  out = ml_collections.ConfigDict(defaults)
+  for part in (arg or '').split(','):
+    if not part:
+      continue
+    key, _, value = part.partition('=')
+    if key not in out:
+      raise ValueError(f'unknown config argument {key!r}; known: {", ".join(out)}')
+    default = out[key]
+    out[key] = (value or 'true').lower() in ('1', 'true', 'yes') if isinstance(default, bool) else type(default)(value)
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'simclr'
+  c.seed = 0
+  c.batch_size = 256            # global, over all devices and processes
+  c.num_views = 2
+  c.total_epochs = 100.0        # used when total_steps is 0
+  c.total_steps = 0
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.eval_every_steps = 0        # 0: evaluate only at the end
+  c.distributed = False         # call jax.distributed.initialize() (multi-host)
+
+  c.model = ml_collections.ConfigDict(dict(
+      name='resnet18', stem='cifar', width=1.0, num_stages=0,  # 0 keeps every stage
+      bn_group_size=0,          # 0: BatchNorm over the global batch; G: over fixed groups of G examples
+      bn_momentum=0.9, dtype='float32'))
+  c.model.head = ml_collections.ConfigDict(dict(
+      num_layers=2, hidden_dim=2048, out_dim=128, use_bn=True, last_bn=False, activation='relu'))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name='cifar10', data_dir='', root='', train_split='train', eval_split='test', image_size=32,
+      crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),  # host crops (variable-size datasets only)
+      shuffle_buffer=50_000, synthetic_examples=1024, synthetic_shape=(32, 32, 3), synthetic_classes=10))
+
+  c.augment = augment.default_config()
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='lars', base_lr=0.3, lr_scaling='linear', base_batch_size=256, warmup_epochs=10.0,
+      end_lr_factor=0.0, momentum=0.9, nesterov=False, weight_decay=1e-6, exclude_bias_and_norm=True,
+      trust_coefficient=1e-3, b1=0.9, b2=0.999))
+
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.2))
+
+  # Final evaluation: kNN and linear probe of the frozen encoder (and of its random initialisation).
+  c.eval = ml_collections.ConfigDict(dict(
+      knn_k=200, knn_temperature=0.1, linear_epochs=100, linear_lr=1e-2, linear_weight_decay=1e-4,
+      batch_size=256, final=True, compare_random_init=True))
+  return c

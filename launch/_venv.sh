@@ -1,0 +1,16 @@
+# Sourced by the launch scripts: makes sure .venv exists and matches requirements.txt, then activates it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+STAMP=.venv/.requirements.sha256
+WANT="$(sha256sum requirements.txt | cut -d' ' -f1)"
+if [[ ! -x .venv/bin/python || ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
+  echo "Creating .venv from requirements.txt (about a minute)..." >&2
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  echo "$WANT" > "$STAMP"
+fi
+source .venv/bin/activate
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}" TF_ENABLE_ONEDNN_OPTS=0

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# The whole test suite on 8 fake CPU devices (tests/conftest.py), with JAX's persistent compilation cache.
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+python -m pytest tests -q "$@"

@@ -1,0 +1,119 @@
+"""The host-side input pipeline: sources of uint8 image batches, chosen by `config.data.name`.
+
+`get_source` returns a source (interface in `sources`) for one split. tfds datasets go through
+`tfds_source.TfdsSource`, which is imported only when such a dataset is asked for, so `import ssl_jax.data`
+and training from 'synthetic' or registered in-memory data need no TensorFlow.
+
+Datasets (DATASET_NAMES):
+  digits        the embedded default: scikit-learn's digits on a 24x24 canvas, prepared automatically
+  cifar10, cifar100, stl10 (split 'unlabelled' for pretraining; its labels are -1)
+  imagenet2012  manual download; imagenet100 (CMC's 100 classes of it, labels 0..99 in imagenet100.txt order)
+  image_folder  `<data.root>/<split>/<class>/<image>` files
+  synthetic     random images, no data and no TensorFlow needed
+and any name registered with `register_memory_dataset`.
+"""
+import zlib
+
+import numpy as np
+
+from ssl_jax.data.sources import InMemorySource, SyntheticSource, subset_indices  # noqa: F401
+from ssl_jax.errors import UserError
+
+TFDS_NAMES = ('digits', 'cifar10', 'cifar100', 'stl10', 'imagenet2012', 'imagenet100', 'image_folder')
+VARIABLE_SIZE = ('imagenet2012', 'imagenet100', 'image_folder')  # cropped on the host
+DATASET_NAMES = TFDS_NAMES + ('synthetic',)
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Per-channel (mean, std) of images scaled to [0, 1], for the model's input normalisation. A single-channel
+# entry applies to every channel.
+IMAGE_STATS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    'stl10': _IMAGENET,           # as solo-learn
+    'imagenet2012': _IMAGENET,
+    'imagenet100': _IMAGENET,
+    'image_folder': _IMAGENET,
+    # Computed over the 1497 train digits (pixels / 255) of digits.render_digits(); mostly black canvas.
+    'digits': ((0.1553,), (0.2774,)),
+    # Uniform bytes: mean 127.5 / 255, std sqrt((256**2 - 1) / 12) / 255.
+    'synthetic': ((0.5,), (0.2898,)),
+}
+_NEUTRAL_STATS = ((0.5,), (0.25,))  # registered in-memory data: no statistics known in advance
+
+_MEMORY_DATASETS: dict[tuple[str, str], InMemorySource] = {}
+
+
+def register_memory_dataset(name: str, images: np.ndarray, labels: np.ndarray, *, split: str = 'train',
+                            num_classes: int | None = None) -> InMemorySource:
+  """Makes arrays available as `config.data.name = name` (one call per split).
+
+  Args:
+    name: the dataset name to use in configs; must not be one of DATASET_NAMES.
+    images: uint8 (N, H, W, C).
+    labels: int (N,); -1 marks an unlabelled example.
+    split: the split name these arrays serve ('train', 'test', ...).
+    num_classes: size of the label space; max(labels) + 1 when None.
+
+  Returns:
+    The registered source.
+  """
+  if name in DATASET_NAMES:
+    raise UserError(f'{name!r} is a built-in dataset name; register in-memory data under another name')
+  source = InMemorySource(images, labels, num_classes=num_classes, name=name)
+  _MEMORY_DATASETS[(name, split)] = source
+  return source
+
+
+def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1):
+  """The source of one split of `data_cfg.name`.
+
+  Args:
+    data_cfg: the `config.data` ConfigDict (name, data_dir, root, image_size, crop_scale, crop_ratio,
+      shuffle_buffer, synthetic_examples, synthetic_shape, synthetic_classes).
+    split: split name, e.g. config.data.train_split.
+    train: True for the source the trainer draws training batches from; variable-size data then makes
+      `num_views` host crops per example. False for evaluation-only sources (one view).
+    num_views: views per example for host-cropped training data.
+
+  Returns:
+    A source: InMemorySource, SyntheticSource or tfds_source.TfdsSource.
+  """
+  name = data_cfg.name
+  if name == 'synthetic':
+    # A different, fixed set of images for each split.
+    return SyntheticSource(data_cfg.synthetic_examples, tuple(data_cfg.synthetic_shape),
+                           data_cfg.synthetic_classes, seed=zlib.crc32(split.encode()))
+  if any(registered == name for registered, _ in _MEMORY_DATASETS):
+    if (name, split) not in _MEMORY_DATASETS:
+      splits = sorted(s for n, s in _MEMORY_DATASETS if n == name)
+      raise UserError(f'in-memory dataset {name!r} has no split {split!r}; registered splits: {", ".join(splits)}')
+    return _MEMORY_DATASETS[(name, split)]
+  if name not in TFDS_NAMES:
+    registered = sorted({n for n, _ in _MEMORY_DATASETS})
+    raise UserError(f'dataset {name!r} is unknown; use one of {", ".join(DATASET_NAMES + tuple(registered))}')
+  from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (TensorFlow only from here)
+  host_crop = None
+  if name in VARIABLE_SIZE:
+    host_crop = dict(size=data_cfg.image_size, scale=tuple(data_cfg.crop_scale), ratio=tuple(data_cfg.crop_ratio),
+                     num_views=num_views if train else 1)
+  return tfds_source.TfdsSource(name, split, data_dir=data_cfg.data_dir or None, root=data_cfg.root or None,
+                                host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer)
+
+
+def image_stats(name: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std (of images in [0, 1]) to normalise the model's input with.
+
+  Args:
+    name: config.data.name.
+    in_channels: channels of the images fed to the model.
+
+  Returns:
+    (mean, std), each a tuple of `in_channels` floats.
+  """
+  mean, std = IMAGE_STATS.get(name, _NEUTRAL_STATS)
+  if len(mean) == 1:
+    return mean * in_channels, std * in_channels
+  if len(mean) != in_channels:
+    raise UserError(f'{name} has {len(mean)}-channel statistics but the model sees {in_channels} channels; '
+                    'check data.synthetic_shape or the dataset')
+  return mean, std

@@ -1,0 +1,371 @@
+"""Sources over tfds and tf.data: the host side of the input pipeline for real datasets.
+
+Each process reads its own slice of the split (`tfds.even_splits`), shuffles it once per epoch with a seed
+derived from (seed, epoch), decodes and batches uint8 images. TensorFlow is imported only when a `TfdsSource`
+is built, and is kept off the accelerators.
+
+Exact resume: every epoch gets a freshly built pipeline with `reshuffle_each_iteration=False` and the seed of
+that epoch, so the order of an epoch is the same however often it is rebuilt, whatever the shuffle buffer. To
+start at step k the pipeline skips the batches already taken in the current epoch *before* decoding (images
+are read as undecoded bytes and decoded in a map after the skip), so resuming costs reading, not decoding.
+Random crops draw their seeds from (seed, epoch, example id), so they too are the same after a resume.
+
+Fixed-size datasets (cifar10, cifar100, stl10, digits) yield uint8 (B, H, W, C); grayscale stays 1-channel.
+Variable-size datasets (imagenet2012, imagenet100, image_folder) are cropped on the host: training yields
+`num_views` random-resized crops per example, uint8 (B, V, S, S, 3), decoding only the crop window of each JPEG;
+evaluation resizes the shorter side to S / 0.875 and takes the central S x S crop, uint8 (B, S, S, 3).
+"""
+import functools
+import json
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ssl_jax.data import TFDS_NAMES, VARIABLE_SIZE, sources
+from ssl_jax.errors import UserError
+
+_BUILDER_NAMES = {'digits': 'ssl_digits', 'imagenet100': 'imagenet2012'}
+_UNLABELLED_SPLITS = {('stl10', 'unlabelled')}   # every label is -1
+_FULL_SHUFFLE_MAX = 100_000                      # splits up to this size are shuffled as a whole
+_EVAL_CROP_FRACTION = 0.875                      # the usual ImageNet eval: resize to S / 0.875, center crop S
+_CROP_ATTEMPTS = 10                              # as torchvision's RandomResizedCrop; then the whole image
+_IMAGENET100_FILE = os.path.join(os.path.dirname(__file__), 'imagenet100.txt')
+
+
+def default_data_dir() -> str:
+  """`$TFDS_DATA_DIR`, else `~/tensorflow_datasets` (expanded)."""
+  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+
+
+@functools.cache
+def _tf():
+  """TensorFlow, hidden from the GPUs before it can reserve their memory (JAX owns the accelerators)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    logging.warning('TensorFlow was initialised before ssl_jax could hide the GPUs from it')
+  return tf
+
+
+def imagenet100_wnids() -> list[str]:
+  """The 100 WordNet ids of ImageNet-100 (CMC's list, also solo-learn's), in label order."""
+  with open(_IMAGENET100_FILE) as f:
+    return f.read().split()
+
+
+def _split_names(split: str) -> list[str]:
+  """The plain split names inside a tfds split expression such as 'train[:10%]+test'."""
+  return [part.split('[')[0].strip() for part in split.split('+')]
+
+
+class TfdsSource:
+  """A tfds split as a source (see `sources` for the interface)."""
+
+  def __init__(self, name: str, split: str, *, data_dir: str | None = None, root: str | None = None,
+               host_crop: dict | None = None, shuffle_buffer: int = 50_000, threads: int = 2):
+    """Opens the split; fails with a UserError when the dataset or the split is missing.
+
+    Args:
+      name: one of ssl_jax.data.TFDS_NAMES.
+      split: a tfds split ('train', 'test', 'unlabelled', 'train[:10%]', ...); imagenet100 takes a plain name.
+      data_dir: tfds data directory; `default_data_dir()` when None. 'digits' is prepared there on first use.
+      root: folder of `<split>/<class>/<image>` files, for 'image_folder'.
+      host_crop: for variable-size data, dict(size, scale, ratio, num_views): the training crops (size also
+        sets the evaluation crop).
+      shuffle_buffer: shuffle buffer for splits larger than 100k examples (smaller ones are shuffled whole).
+      threads: size of tf.data's private thread pool (the trainer and XLA need the other cores).
+    """
+    _tf()  # before tfds touches TensorFlow
+    if name not in TFDS_NAMES:
+      raise UserError(f'dataset {name!r} is unknown; valid tfds datasets: {", ".join(TFDS_NAMES)}')
+    if (name in VARIABLE_SIZE) != (host_crop is not None):
+      raise ValueError(f'{name}: host_crop must be given exactly for variable-size data {VARIABLE_SIZE}')
+    self.name, self.split, self.host_crop = name, split, host_crop
+    self.shuffle_buffer, self.threads = shuffle_buffer, threads
+    self.data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+    self._builder = self._open_builder(root)
+    self._check_split()
+    features = self._builder.info.features
+    self._image_feature = features['image']
+    self.image_shape = None if name in VARIABLE_SIZE else tuple(features['image'].shape)
+    self.num_classes = 0 if (name, split) in _UNLABELLED_SPLITS else features['label'].num_classes
+    self._label_map = None
+    if name == 'imagenet100':
+      self._label_map = self._imagenet100_label_map()
+      self.num_classes = 100
+      self._positions = self._imagenet100_positions()
+      self.num_examples = len(self._positions)
+    else:
+      self.num_examples = self._split_size(self._as_dataset(split), split)
+
+  # Opening the dataset.
+
+  def _open_builder(self, root):
+    if self.name == 'digits':
+      from ssl_jax.data import digits  # pylint: disable=g-import-not-at-top
+      return digits.prepare_digits(self.data_dir)
+    if self.name == 'image_folder':
+      if not root or not os.path.isdir(os.path.expanduser(root)):
+        raise UserError(f'image_folder needs data.root, a folder of <split>/<class>/<image> files; got {root!r}')
+      return tfds.ImageFolder(os.path.expanduser(root))
+    builder_name = _BUILDER_NAMES.get(self.name, self.name)
+    try:
+      return tfds.builder(builder_name, data_dir=self.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise UserError(self._missing_message()) from e
+
+  def _missing_message(self) -> str:
+    builder_name = _BUILDER_NAMES.get(self.name, self.name)
+    command = (f'python -c "import tensorflow_datasets as tfds; tfds.builder(\'{builder_name}\', '
+               f'data_dir=\'{self.data_dir}\').download_and_prepare()"')
+    if builder_name == 'imagenet2012':
+      return (f'dataset {self.name} not found in {self.data_dir}: put ILSVRC2012_img_train.tar and '
+              f'ILSVRC2012_img_val.tar in {self.data_dir}/downloads/manual/ and run once: {command}')
+    return f'dataset {self.name} not found in {self.data_dir}; prepare it once with: {command}'
+
+  def _check_split(self):
+    known = list(self._builder.info.splits)
+    if not known:  # splits are unknown before preparation (and under tfds.testing.mock_data)
+      return
+    names = _split_names(self.split)
+    if self.name == 'imagenet100' and names != [self.split]:
+      raise UserError(f'imagenet100 takes a whole split name, not {self.split!r}; use one of {", ".join(known)}')
+    for s in names:
+      if s not in known:
+        raise UserError(f'split {s!r} of {self.name} does not exist; use one of {", ".join(known)}')
+
+  def _as_dataset(self, split):
+    """Undecoded examples {'image': encoded bytes, 'label', ...} of `split`, in file order."""
+    read_config = tfds.ReadConfig(add_tfds_id=self.host_crop is not None and self.name != 'image_folder')
+    try:
+      return self._builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()},
+                                      shuffle_files=False, read_config=read_config)
+    except AssertionError as e:  # tfds: "Dataset X: could not find data in DIR"
+      if 'could not find data' not in str(e):
+        raise
+      raise UserError(self._missing_message()) from e
+
+  def _split_size(self, ds, split) -> int:
+    # The dataset's own cardinality also holds under tfds.testing.mock_data, where info.splits does not.
+    n = int(ds.cardinality())
+    return n if n >= 0 else self._builder.info.splits[split].num_examples
+
+  # ImageNet-100: ImageNet-2012 filtered to 100 classes.
+
+  def _imagenet100_label_map(self) -> np.ndarray:
+    """int32 (1000,): the ImageNet-100 label of each ImageNet label, -1 for the other 900 classes."""
+    names = self._builder.info.features['label'].names
+    table = np.full((len(names),), -1, np.int32)
+    for new, wnid in enumerate(imagenet100_wnids()):
+      table[names.index(wnid)] = new
+    return table
+
+  def _imagenet100_positions(self) -> np.ndarray:
+    """Sorted positions, within the ImageNet split, of the ImageNet-100 examples (cached in a json file)."""
+    path = os.path.join(self._builder.data_dir, f'imagenet100-{self.split}.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        return np.asarray(json.load(f)['positions'], np.int64)
+    self._as_dataset(self.split)  # a missing dataset fails here with the prepare command
+    logging.info('Counting the ImageNet-100 examples of imagenet2012 %s (once; cached in %s)', self.split, path)
+    ds = self._builder.as_dataset(split=self.split, decoders=tfds.decode.PartialDecoding({'label': True}),
+                                  shuffle_files=False)
+    labels = np.concatenate(list(ds.map(lambda ex: ex['label']).batch(8192).as_numpy_iterator()))
+    positions = np.flatnonzero(self._label_map[labels] >= 0)
+    try:
+      with open(path, 'w') as f:
+        json.dump({'split': self.split, 'num_examples': len(positions), 'positions': positions.tolist()}, f)
+    except OSError as e:
+      logging.warning('Could not cache the ImageNet-100 positions in %s: %s', path, e)
+    return positions
+
+  # Per-process records: undecoded, with int32 labels and (for host crops) a stable example id.
+
+  def _records(self, process_index: int, process_count: int, drop_remainder: bool):
+    """This process's undecoded examples {'image', 'label', ['key']} in a fixed order, and their count."""
+    tf = _tf()
+    if self.name == 'imagenet100':
+      ds, count = self._imagenet100_records(process_index, process_count, drop_remainder)
+    elif self.name == 'image_folder':
+      # ImageFolder has no sub-split API: every process lists the files and keeps every P-th.
+      ds = self._as_dataset(self.split).shard(process_count, process_index)
+      count = (self.num_examples - process_index + process_count - 1) // process_count
+      if drop_remainder:
+        count = self.num_examples // process_count
+        ds = ds.take(count)
+    else:
+      split = self.split
+      if process_count > 1:
+        split = tfds.even_splits(self.split, process_count, drop_remainder=drop_remainder)[process_index]
+      ds = self._as_dataset(split)
+      count = self._split_size(ds, split)
+
+    def tidy(ex):
+      out = {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)}
+      if self.host_crop is not None:
+        example_id = ex['image/filename'] if self.name == 'image_folder' else ex['tfds_id']
+        out['key'] = tf.strings.to_hash_bucket_fast(example_id, 2**62)
+      return out
+
+    return ds.map(tidy), count
+
+  def _imagenet100_records(self, process_index, process_count, drop_remainder):
+    tf = _tf()
+    # Split the kept positions (not the ImageNet split) so every process gets the same number of examples,
+    # then read only the ImageNet range that holds this process's share.
+    if drop_remainder:
+      per = len(self._positions) // process_count
+      mine = self._positions[process_index * per:(process_index + 1) * per]
+    else:
+      mine = np.array_split(self._positions, process_count)[process_index]
+    if not len(mine):
+      return self._as_dataset(f'{self.split}[:0]'), 0
+    ds = self._as_dataset(f'{self.split}[{mine[0]}:{mine[-1] + 1}]')
+    table = tf.constant(self._label_map)
+    ds = ds.map(lambda ex: {**ex, 'label': tf.gather(table, ex['label'])})
+    return ds.filter(lambda ex: ex['label'] >= 0).take(len(mine)), len(mine)
+
+  # Decoding.
+
+  def _decode_fixed(self, encoded):
+    return self._image_feature.decode_example(encoded)
+
+  def _crop_views(self, encoded, seed):
+    """`num_views` random-resized crops of one encoded image: uint8 (V, S, S, 3)."""
+    tf = _tf()
+    crop = self.host_crop
+    seeds = tf.random.experimental.stateless_split(seed, crop['num_views'])
+
+    def window(shape, view_seed):
+      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          shape, tf.zeros([1, 0, 4]), seed=view_seed, min_object_covered=0.0,
+          aspect_ratio_range=tuple(crop['ratio']), area_range=tuple(crop['scale']),
+          max_attempts=_CROP_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+      return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+    def jpeg_views():  # decode only the crop window of the JPEG
+      shape = tf.image.extract_jpeg_shape(encoded)
+      return [tf.image.decode_and_crop_jpeg(encoded, window(shape, seeds[v]), channels=3)
+              for v in range(crop['num_views'])]
+
+    def other_views():  # PNG and friends cannot be partially decoded
+      image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+      views = []
+      for v in range(crop['num_views']):
+        w = window(tf.shape(image), seeds[v])
+        views.append(image[w[0]:w[0] + w[2], w[1]:w[1] + w[3]])
+      return views
+
+    size = [crop['size'], crop['size']]
+    resize = lambda views: tf.stack([_to_uint8(tf.image.resize(v, size, antialias=True)) for v in views])
+    return tf.cond(tf.io.is_jpeg(encoded), lambda: resize(jpeg_views()), lambda: resize(other_views()))
+
+  def _center_crop(self, encoded):
+    """The evaluation view of a variable-size image: shorter side to S / 0.875, central S x S, uint8."""
+    tf = _tf()
+    size = self.host_crop['size']
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = round(size / _EVAL_CROP_FRACTION) / tf.reduce_min(hw)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
+    image = tf.image.resize(image, new_hw, antialias=True)
+    return _to_uint8(tf.image.resize_with_crop_or_pad(image, size, size))
+
+  def _train_example(self, ex, crop_seed: int):
+    tf = _tf()
+    if self.host_crop is None:
+      image = self._decode_fixed(ex['image'])
+    else:
+      image = self._crop_views(ex['image'], tf.stack([tf.constant(crop_seed, tf.int64), ex['key']]))
+    return {'image': image, 'label': ex['label']}
+
+  def _eval_example(self, ex):
+    tf = _tf()
+    decode = self._decode_fixed if self.host_crop is None else self._center_crop
+    return {'image': decode(ex['image']), 'label': ex['label'], 'mask': tf.constant(True)}
+
+  # The interface.
+
+  def steps_per_epoch(self, global_batch_size: int) -> int:
+    """Number of full global batches in one epoch: num_examples // global_batch_size."""
+    return self.num_examples // global_batch_size
+
+  def _options(self):
+    tf = _tf()
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = self.threads
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+  def _epoch(self, records, count: int, local: int, seed: int, epoch: int, skip_batches: int):
+    """The tf.data pipeline of one epoch, starting after `skip_batches` batches."""
+    buffer = count if count <= _FULL_SHUFFLE_MAX else min(self.shuffle_buffer, count)
+    epoch_seed = sources.epoch_seed(seed, epoch)
+    ds = records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.skip(skip_batches * local)  # before decoding: resuming reads records but decodes nothing
+    decode = functools.partial(self._train_example, crop_seed=epoch_seed)
+    ds = ds.map(decode, num_parallel_calls=_tf().data.AUTOTUNE)
+    ds = ds.batch(local, drop_remainder=True).prefetch(2)
+    return ds.with_options(self._options())
+
+  def train_batches(self, *, global_batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
+                    process_count: int = 1):
+    """Endless training batches in an order fixed by (seed, epoch, process_count); exact resume.
+
+    Args:
+      global_batch_size: examples per step over all processes.
+      seed: fixes the order and the host crops of every epoch.
+      start_step: the first step to produce (the number of steps already taken).
+      process_index: which slice of the split this process reads.
+      process_count: number of processes.
+
+    Returns:
+      An iterator of {'image': uint8 (B, H, W, C), or (B, V, S, S, 3) with host crops, 'label': int32 (B,)},
+      B = global_batch_size // process_count.
+    """
+    local = sources.local_batch_size(global_batch_size, process_count)
+    sources.check_fits(global_batch_size, self.num_examples, self.name)
+    records, count = self._records(process_index, process_count, drop_remainder=True)
+    steps = count // local
+    if not steps:
+      raise UserError(f'process {process_index} holds {count} examples of {self.name}, fewer than its batch '
+                      f'of {local}; use a smaller batch')
+
+    def batches():
+      epoch, offset = divmod(start_step, steps)
+      while True:
+        yield from self._epoch(records, count, local, seed, epoch, offset).as_numpy_iterator()
+        epoch, offset = epoch + 1, 0
+
+    return batches()
+
+  def eval_batches(self, *, global_batch_size: int, process_index: int = 0, process_count: int = 1):
+    """One pass over the split in file order, the last batches padded (zero images, label -1, mask False).
+
+    Args:
+      global_batch_size: examples per step over all processes.
+      process_index: which slice of the split this process reads.
+      process_count: number of processes.
+
+    Returns:
+      An iterator of {'image': uint8 (B, H, W, C), or (B, S, S, 3) with host crops, 'label': int32 (B,),
+      'mask': bool (B,)}; every process yields the same number of batches.
+    """
+    tf = _tf()
+    local = sources.local_batch_size(global_batch_size, process_count)
+    records, _ = self._records(process_index, process_count, drop_remainder=False)
+    total = sources.eval_batch_count(self.num_examples, global_batch_size) * local
+    shape = self.image_shape or (self.host_crop['size'], self.host_crop['size'], 3)
+    pad = tf.data.Dataset.from_tensors({'image': tf.zeros(shape, tf.uint8), 'label': tf.constant(-1),
+                                        'mask': tf.constant(False)}).repeat(total)
+    ds = records.map(self._eval_example, num_parallel_calls=_tf().data.AUTOTUNE).concatenate(pad).take(total)
+    return ds.batch(local).prefetch(2).with_options(self._options()).as_numpy_iterator()
+
+
+def _to_uint8(image):
+  tf = _tf()
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)

@@ -1,0 +1,45 @@
+"""Evaluation of frozen encoders from their features: feature extraction, kNN and the linear probe.
+
+The scorers take plain (N, D) feature arrays, so any encoder, exit or ensemble can be scored the same way.
+"""
+from collections.abc import Callable, Iterable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ssl_jax.errors import UserError
+from ssl_jax.evaluate.knn import knn_accuracy, knn_predict
+from ssl_jax.evaluate.linear_probe import linear_predict, linear_probe_accuracy, train_linear_probe
+
+__all__ = ['extract_features', 'knn_accuracy', 'knn_predict', 'linear_predict', 'linear_probe_accuracy',
+           'train_linear_probe']
+
+
+def _to_host(x) -> np.ndarray:
+  # A global array spanning several processes is gathered so that every process scores the whole split.
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def extract_features(apply_fn: Callable, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """Runs `apply_fn` over every batch and keeps the features of the real (unmasked) examples.
+
+  Args:
+    apply_fn: images (B, H, W, C) -> features (B, D); jitted by the caller.
+    batches: dicts with 'image' (B, H, W, C), 'label' (B,) and 'mask' (B,), where a false / zero mask marks
+      padding rows that are dropped. Arrays may be numpy or (sharded) global jax arrays.
+
+  Returns:
+    features: (N, D) float32 numpy array.
+    labels: (N,) numpy array, in the same order.
+  """
+  feats, labels = [], []
+  for batch in batches:
+    keep = _to_host(batch['mask']).astype(bool)
+    feats.append(_to_host(apply_fn(batch['image'])).astype(np.float32)[keep])
+    labels.append(_to_host(batch['label'])[keep])
+  if not feats:
+    raise UserError('feature extraction got no batches; check that the evaluation split is not empty')
+  return np.concatenate(feats), np.concatenate(labels)

@@ -1,0 +1,80 @@
+"""Scores a frozen encoder: kNN during training, kNN and a linear probe at the end.
+
+The encoder always runs in inference mode (BatchNorm running statistics) on un-augmented images: the train
+split is the kNN bank and the probe's training set, the eval split is the query / test set. At the end the
+same scores are computed for the encoder's random initialisation, the baseline pretraining has to beat.
+"""
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import data, sharding
+from ssl_jax.data import augment
+from ssl_jax.errors import UserError
+from ssl_jax.evaluate import extract_features, knn_accuracy, linear_probe_accuracy
+
+
+def _features_fn(graphdef, resolution: int):
+  @jax.jit
+  def features(params, batch_stats, images):
+    model = nnx.merge(graphdef, params, batch_stats)
+    x = jax.vmap(lambda im: augment.center_crop_resize(im, resolution))(images.astype(jnp.float32) / 255.0)
+    return model.features(x, train=False)
+  return features
+
+
+class FrozenEncoderEval:
+  """Feature extraction over the train and eval splits, and the scores computed from the features."""
+
+  def __init__(self, config, method, graphdef, mesh, *, in_channels: int):
+    self.config, self.method, self.mesh, self.in_channels = config, method, mesh, in_channels
+    sharding.check_batch_size(config.eval.batch_size, mesh, what='eval.batch_size')
+    self.bank = data.get_source(config.data, split=config.data.train_split, train=False)
+    self.test = data.get_source(config.data, split=config.data.eval_split, train=False)
+    if self.test.num_classes <= 1:
+      raise UserError(f'data.eval_split={config.data.eval_split!r} of {config.data.name} has no class labels to '
+                      'evaluate with; choose a labelled split')
+    self._features = _features_fn(graphdef, config.data.image_size)
+
+  def _extract(self, params, batch_stats, source):
+    apply = lambda images: self._features(params, batch_stats, images)
+    batches = (sharding.global_batch(b, self.mesh) for b in source.eval_batches(
+        global_batch_size=self.config.eval.batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count()))
+    feats, labels = extract_features(apply, batches)
+    keep = labels >= 0  # unlabelled examples (label -1) cannot vote or be scored
+    return feats[keep], labels[keep]
+
+  def knn(self, params, batch_stats) -> dict:
+    """kNN top-1 on the eval split, with the k and temperature used written next to it."""
+    bank_x, bank_y = self._extract(params, batch_stats, self.bank)
+    test_x, test_y = self._extract(params, batch_stats, self.test)
+    return self._knn_scores(bank_x, bank_y, test_x, test_y)
+
+  def _knn_scores(self, bank_x, bank_y, test_x, test_y) -> dict:
+    e = self.config.eval
+    top1 = knn_accuracy(bank_x, bank_y, test_x, test_y, num_classes=self.test.num_classes, k=e.knn_k,
+                        temperature=e.knn_temperature)
+    return {'knn_top1': float(top1), 'knn_k': e.knn_k, 'knn_temperature': e.knn_temperature}
+
+  def _scores(self, params, batch_stats) -> dict:
+    e = self.config.eval
+    bank_x, bank_y = self._extract(params, batch_stats, self.bank)
+    test_x, test_y = self._extract(params, batch_stats, self.test)
+    linear = linear_probe_accuracy(bank_x, bank_y, test_x, test_y, num_classes=self.test.num_classes,
+                                   epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
+                                   seed=self.config.seed)
+    return {**self._knn_scores(bank_x, bank_y, test_x, test_y), 'linear_top1': float(linear['top1'])}
+
+  def final(self, params, batch_stats) -> dict:
+    """Scores of the trained encoder and, if configured, of its random initialisation."""
+    results = self._scores(params, batch_stats)
+    if self.config.eval.compare_random_init:
+      # Rebuilding from the seed gives exactly the parameters this run started from.
+      init = self.method.build_model(self.config, in_channels=self.in_channels, rngs=nnx.Rngs(self.config.seed))
+      _, init_params, init_stats = nnx.split(init, nnx.Param, nnx.BatchStat)
+      init_params, init_stats = jax.device_put((init_params, init_stats), sharding.replicated(self.mesh))
+      baseline = self._scores(init_params, init_stats)
+      results.update(random_init_knn_top1=baseline['knn_top1'], random_init_linear_top1=baseline['linear_top1'])
+    results['linear_protocol'] = f'frozen features, no augmentation, {self.config.eval.linear_epochs} epochs'
+    return results

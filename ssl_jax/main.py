@@ -1,0 +1,57 @@
+"""Command line: `python -m ssl_jax.main --config configs/NAME.py[:ARG] --workdir DIR [--config.a.b=VALUE ...]`.
+
+Exit codes: 0 done; 2 bad input (one line on stderr says what and how to fix it; nothing was written);
+1 the loss became non-finite (the last good checkpoint is kept); 143 stopped by SIGTERM/SIGINT after saving.
+"""
+import os
+import pathlib
+import sys
+
+# Before anything imports TensorFlow: keep its start-up notices out of the log.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+# Recipes import `configs.common`; make the repository root importable however the CLI is started.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ssl_jax.errors import NonFiniteLoss, Preempted, UserError  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe: configs/NAME.py[:ARG].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
+
+
+def _fail(message: str, code: int):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad flag or config override is one line and exit code 2."""
+  try:
+    rest = flags.FLAGS(argv)
+  except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as e:
+    _fail(f'{str(e).strip().splitlines()[-1]} (see --helpfull)', 2)
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail('both --config and --workdir are required, e.g. '
+          '--config configs/simclr_digits.py:runlocal --workdir /tmp/run', 2)
+  return rest
+
+
+def main(argv):
+  del argv
+  from ssl_jax import train  # imported late so that flag errors are instant
+  try:
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    _fail(str(e), 2)
+  except NonFiniteLoss as e:
+    _fail(str(e), 1)
+  except Preempted as e:
+    _fail(str(e), 143)
+  print('results: ' + ', '.join(f'{k}={v}' for k, v in results.items()))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,61 @@
+"""Self-supervised methods, one small module each, looked up by `config.method`.
+
+A method module defines:
+  build_model(config, *, in_channels, rngs) -> nnx.Module
+      The trainable model. It has an `encoder` attribute and a `features(images, *, train)` method (images
+      float in [0, 1]) that evaluation and `load_encoder` use; it may hold any heads and a module in front of
+      the encoder.
+  loss_fn(model, batch, key, ctx) -> (loss, (metrics, extra))
+      One training step's loss on the global batch (`batch['image']` uint8, `batch['label']`). The method makes
+      its own views (any number, including one), may run several forward passes (each call of a module in
+      train mode uses and updates its own batch statistics), may read stage outputs
+      (`encoder(x, train=..., return_stages=True)`), and returns the new method state `extra`.
+It may also define (defaults below):
+  num_views(config) -> int                       views per example the input pipeline should crop on the host
+  init_extra(model, config) -> pytree            method state kept in the train state (EMA params, a queue)
+  after_update(extra, params, ctx) -> pytree     method state after the optimizer step (e.g. an EMA update)
+"""
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable
+
+from ssl_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What a method's step functions may read besides the model and the batch."""
+  config: Any          # the run's ConfigDict
+  resolution: int      # side of the square views of this step (static: one compiled step per resolution)
+  step: Any            # int32 scalar array: the step being taken
+  extra: Any           # the method state before this step
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  build_model: Callable
+  loss_fn: Callable
+  num_views: Callable
+  init_extra: Callable
+  after_update: Callable
+
+
+def available() -> list[str]:
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_') and m.name != 'common')
+
+
+def get_method(name: str) -> Method:
+  """Imports `ssl_jax.methods.<name>` and fills in the optional functions."""
+  if name not in available():
+    raise UserError(f'method {name!r} is unknown; set --config.method to one of: {", ".join(available())}')
+  mod = importlib.import_module(f'{__name__}.{name}')
+  return Method(
+      name=name,
+      build_model=mod.build_model,
+      loss_fn=mod.loss_fn,
+      num_views=getattr(mod, 'num_views', lambda config: config.num_views),
+      init_extra=getattr(mod, 'init_extra', lambda model, config: {}),
+      after_update=getattr(mod, 'after_update', lambda extra, params, ctx: extra),
+  )

@@ -1,0 +1,81 @@
+"""Building blocks shared by the methods: the encoder + projector model and view generation."""
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import data, losses
+from ssl_jax.data import augment
+from ssl_jax.models import MLPHead, create_encoder
+
+
+class EncoderProjector(nnx.Module):
+  """An encoder, its projection head, and the input normalisation of the dataset it trains on."""
+
+  def __init__(self, encoder, projector, mean, std):
+    self.encoder = encoder
+    self.projector = projector
+    # Static tuples: part of the graph definition, so a restored model normalises exactly as it trained.
+    self.mean, self.std = tuple(mean), tuple(std)
+
+  def features(self, images, *, train: bool):
+    """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C)."""
+    return self.encoder(augment.normalize(images, self.mean, self.std), train=train)
+
+  def __call__(self, images, *, train: bool):
+    return self.projector(self.features(images, train=train), train=train)
+
+
+def build_encoder(config, *, in_channels: int, rngs: nnx.Rngs):
+  m = config.model
+  return create_encoder(m.name, stem=m.stem, width=m.width, num_stages=m.num_stages or None,
+                        in_channels=in_channels, bn_group_size=m.bn_group_size, bn_momentum=m.bn_momentum,
+                        dtype=jnp.dtype(m.dtype), rngs=rngs)
+
+
+def build_head(head_cfg, in_dim: int, *, config, rngs: nnx.Rngs):
+  return MLPHead(in_dim, hidden_dim=head_cfg.hidden_dim, out_dim=head_cfg.out_dim,
+                 num_layers=head_cfg.num_layers, use_bn=head_cfg.use_bn, last_bn=head_cfg.last_bn,
+                 activation=head_cfg.activation, bn_group_size=config.model.bn_group_size,
+                 bn_momentum=config.model.bn_momentum, rngs=rngs)
+
+
+def build_encoder_projector(config, *, in_channels: int, rngs: nnx.Rngs) -> EncoderProjector:
+  encoder = build_encoder(config, in_channels=in_channels, rngs=rngs)
+  projector = build_head(config.model.head, encoder.out_dim, config=config, rngs=rngs)
+  mean, std = data.image_stats(config.data.name, in_channels)
+  return EncoderProjector(encoder, projector, mean, std)
+
+
+def make_views(key, images, config, resolution: int, num_views: int):
+  """`num_views` augmented views (B, V, R, R, C) in [0, 1], all drawn from `config.augment`."""
+  return augment.make_views(key, images, [config.augment] * num_views, resolution)
+
+
+def project_views(model, views):
+  """Projections (B, V, D) of all views in ONE forward pass, so BatchNorm sees every view of the batch.
+
+  Rows are flattened example-major (B·V), which keeps each device's rows on that device and keeps ghost
+  BatchNorm groups independent of the device count.
+  """
+  b, v = views.shape[:2]
+  z = model(views.reshape(b * v, *views.shape[2:]), train=True)
+  return z.reshape(b, v, -1)
+
+
+def contrastive_metrics(z) -> dict:
+  """Cheap collapse monitors: the mean cosine between views and the per-dimension std of normalised z."""
+  zn = z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-12)
+  metrics = {'z_std': jnp.mean(jnp.std(zn[:, 0], axis=0))}
+  if z.shape[1] > 1:
+    metrics['pos_cosine'] = jnp.mean(jnp.sum(zn[:, 0] * zn[:, 1], axis=-1))
+  return jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
+
+
+def contrastive_loss_fn(model, batch, key, ctx, *, use_labels: bool):
+  """The SimCLR / SupCon step: views -> one forward pass -> `losses.contrastive_loss`."""
+  config = ctx.config
+  views = make_views(key, batch['image'], config, ctx.resolution, config.num_views)
+  z = project_views(model, views)
+  labels = batch['label'] if use_labels else None
+  loss = losses.contrastive_loss(z, labels, temperature=config.loss.temperature)
+  return loss, (contrastive_metrics(z), ctx.extra)

@@ -1,0 +1,57 @@
+"""Metric sinks: metrics.jsonl, TensorBoard event files and a console progress line (process 0 only)."""
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+class MetricWriter:
+  """Writes one record per log step. Records carry at least step, loss, lr and images_per_sec."""
+
+  def __init__(self, workdir, *, total_steps: int, batch_size: int, start_step: int):
+    self.enabled = jax.process_index() == 0
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self.last_step, self.last_time = start_step, time.perf_counter()
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
+      self.jsonl = open(pathlib.Path(workdir) / 'metrics.jsonl', 'a')
+      self.tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+
+  def write(self, step: int, metrics: dict, *, console: bool = True) -> None:
+    """Records `metrics` (floats) at `step`; throughput is measured since the previous call."""
+    now = time.perf_counter()
+    rate = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    record = {'step': step, **{k: float(v) for k, v in metrics.items()}}
+    if 'loss' in metrics:
+      record['images_per_sec'] = rate
+    if not self.enabled:
+      return
+    self.jsonl.write(json.dumps(record) + '\n')
+    self.jsonl.flush()
+    for k, v in record.items():
+      if k != 'step' and math.isfinite(v):
+        self.tb.add_scalar(k, v, step)
+    self.tb.flush()
+    if console:
+      self._progress(record, rate)
+
+  def _progress(self, record: dict, rate: float) -> None:
+    step = record['step']
+    shown = ' | '.join(f'{k} {record[k]:.4g}' for k in ('loss', 'lr') if k in record)
+    eta = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
+    print(f'step {step}/{self.total_steps} | {shown} | {rate:.0f} img/s | ETA {_duration(eta)}',
+          file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.jsonl.close()
+      self.tb.close()

@@ -1,0 +1,55 @@
+"""The device mesh, batch sharding and multi-process start-up.
+
+One mesh with a single `data` axis over every device of every process. The global batch is split along it;
+parameters, optimizer state and everything else in the train state are replicated. There is no per-device code
+in the trainer: plain `jax.jit` over global arrays, with XLA inserting the collectives.
+"""
+import os
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ssl_jax.errors import UserError
+
+DATA_AXIS = 'data'
+
+
+def maybe_initialize_distributed(requested: bool) -> None:
+  """Starts `jax.distributed` when the config or `SSL_JAX_DISTRIBUTED=1` asks for it.
+
+  On TPU pods, Slurm and Open MPI the coordinator is found automatically; bare GPU hosts set
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, which `initialize()` reads.
+  """
+  if requested or os.environ.get('SSL_JAX_DISTRIBUTED') == '1':
+    jax.distributed.initialize()
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh named `data` over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  # Auto axes: the step is written as global-array code and GSPMD propagates shardings through it.
+  return jax.sharding.Mesh(np.array(devices), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (batch) axis split over `data`, every other axis whole."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh, *, what: str = 'batch_size') -> None:
+  """Fails early when the global batch cannot be split evenly over the devices and processes."""
+  devices, processes = mesh.size, jax.process_count()
+  if batch_size <= 0 or batch_size % devices or batch_size % processes:
+    raise UserError(f'{what}={batch_size} is not divisible by the {devices} devices; '
+                    f'use a multiple of {devices}, e.g. --config.{what}={max(devices, batch_size // devices * devices)}')
+
+
+def global_batch(local_batch: dict, mesh) -> dict:
+  """Assembles each process's numpy batch into global arrays sharded over `data`."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}

@@ -1,0 +1,217 @@
+"""The trainer. One loop, read top to bottom:
+
+setup -> mesh -> input pipeline -> model, optimizer, method -> shard state -> jitted step -> restore checkpoint
+-> evaluators -> loop (step, log, eval, checkpoint, preemption check) -> final eval + report.
+
+Methods plug in through `ssl_jax.methods` (found by `config.method`); everything a user may want to change is
+in the config.
+"""
+import dataclasses
+import json
+import pathlib
+import signal
+import time
+from typing import Any
+
+from absl import logging
+from flax import nnx, struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssl_jax import checkpoint, data, methods, optim, report, sharding
+from ssl_jax.errors import NonFiniteLoss, Preempted, UserError
+from ssl_jax.evaluate import frozen
+from ssl_jax.metrics import MetricWriter
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; donated to the step and saved whole in checkpoints."""
+  step: jax.Array          # int32 scalar
+  params: Any              # nnx.State of nnx.Param
+  batch_stats: Any         # nnx.State of nnx.BatchStat
+  opt_state: Any
+  extra: Any               # method state: EMA target, queue, ... ({} for SimCLR)
+  rng: jax.Array           # raw key data; each step uses fold_in(rng, step)
+
+
+# ----------------------------------------------------------------------------------------------- setup helpers
+def _validate(config, mesh) -> None:
+  """Checks that need no data and no model, so bad values fail before anything is computed or written."""
+  sharding.check_batch_size(config.batch_size, mesh)
+  group = config.model.bn_group_size
+  if group < 0 or (group and config.batch_size % group):
+    raise UserError(f'batch_size={config.batch_size} is not divisible by model.bn_group_size={group}; '
+                    'pick a group size that divides the batch (0 = BatchNorm over the whole batch)')
+  if config.total_steps < 0 or (config.total_steps == 0 and config.total_epochs <= 0):
+    raise UserError('the run has no steps: set --config.total_steps or --config.total_epochs to a positive value')
+  for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[name] <= 0:
+      raise UserError(f'{name}={config[name]} must be positive')
+
+
+def _check_resolution(model, config) -> None:
+  smallest = model.encoder.min_input_size
+  if config.data.image_size < smallest:
+    raise UserError(f'data.image_size={config.data.image_size} is too small for {config.model.name} with '
+                    f'{config.model.stem!r} stem; use at least {smallest} or fewer model.num_stages')
+
+
+class _PreemptionFlag:
+  """Turns SIGTERM/SIGINT into a flag the loop checks at each step boundary."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, frame):
+    self.raised = True
+
+  def restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------------------------- the step
+def make_train_step(graphdef, tx, schedule, method, config, resolution: int, state_sharding, mesh):
+  """The jitted update for one view resolution: views, loss, gradients, optimizer, method-state update."""
+
+  def train_step(state: TrainState, batch: dict):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    ctx = methods.StepContext(config=config, resolution=resolution, step=state.step, extra=state.extra)
+
+    def loss_of(params):
+      model = nnx.merge(graphdef, params, state.batch_stats)
+      loss, (metrics, extra) = method.loss_fn(model, batch, key, ctx)
+      return loss, (metrics, extra, nnx.state(model, nnx.BatchStat))
+
+    (loss, (metrics, extra, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    extra = method.after_update(extra, params, dataclasses.replace(ctx, extra=extra))
+    metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step),
+               'grad_norm': optax.global_norm(grads), 'param_norm': optax.global_norm(params)}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, extra=extra)
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
+
+
+def _flush(pending: list, writer: MetricWriter) -> None:
+  """Fetches the buffered step metrics, stops at the first non-finite loss, logs their mean."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, fetched):
+    if not jnp.isfinite(m['loss']):
+      raise NonFiniteLoss(f'the loss became {float(m["loss"])} at step {step}; the last good checkpoint is '
+                          'kept: lower optimizer.base_lr or raise optimizer.warmup_epochs and resume')
+  mean = {k: sum(float(m[k]) for m in fetched) / len(fetched) for k in fetched[-1]}
+  mean['lr'] = float(fetched[-1]['lr'])
+  writer.write(pending[-1][0], mean)
+  pending.clear()
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def train_and_evaluate(config, workdir, *, devices=None) -> dict:
+  """Pretrains `config.method` in `workdir` (resuming from its newest checkpoint) and evaluates the encoder.
+
+  Args:
+    config: the run's ConfigDict (see configs/).
+    workdir: where checkpoints, metrics.jsonl, TensorBoard files and results.json go.
+    devices: the devices of the mesh; all devices of all processes by default.
+
+  Returns:
+    The final results (also written to `<workdir>/results.json`).
+  """
+  # Setup: every check that can fail on bad input runs before any compute or write.
+  workdir = pathlib.Path(workdir)
+  jax.config.update('jax_threefry_partitionable', True)  # random bits independent of the sharding
+  sharding.maybe_initialize_distributed(config.distributed)
+  mesh = sharding.make_mesh(devices)
+  _validate(config, mesh)
+  method = methods.get_method(config.method)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  ckpt.check_compatible(config)
+
+  # Input pipeline.
+  train_source = data.get_source(config.data, split=config.data.train_split, train=True,
+                                 num_views=method.num_views(config))
+  steps_per_epoch = train_source.steps_per_epoch(config.batch_size)
+  total_steps = config.total_steps or max(int(config.total_epochs * steps_per_epoch), 1)
+  in_channels = train_source.image_shape[-1] if train_source.image_shape else 3
+
+  # Model, optimizer, method.
+  model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
+  _check_resolution(model, config)
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  tx, schedule = optim.create_optimizer(config.optimizer, batch_size=config.batch_size,
+                                        total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+
+  # Shard the state onto the mesh: everything replicated; only batches are split over `data`.
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params), extra=method.init_extra(model, config),
+                     rng=jax.random.key_data(jax.random.key(config.seed)))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+
+  # Jitted step: one compiled step per view resolution (multi-resolution runs reuse them).
+  steps = {}
+
+  def step_for(resolution):
+    if resolution not in steps:
+      steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, state_sharding, mesh)
+    return steps[resolution]
+
+  # Restore.
+  restored = ckpt.restore(checkpoint.abstract_like(state))
+  state = restored if restored is not None else state
+  start_step = int(state.step)
+  if start_step:
+    logging.info('Resumed from step %d of %s', start_step, ckpt.directory)
+
+  # Evaluators: the frozen encoder scored by kNN during training, by kNN and a linear probe at the end.
+  evaluator = None
+  if config.eval_every_steps or config.eval.final:
+    evaluator = frozen.FrozenEncoderEval(config, method, graphdef, mesh, in_channels=in_channels)
+
+  # Loop.
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'config.json').write_text(config.to_json(indent=2))
+  writer = MetricWriter(workdir, total_steps=total_steps, batch_size=config.batch_size, start_step=start_step)
+  batches = train_source.train_batches(global_batch_size=config.batch_size, seed=config.seed,
+                                       start_step=start_step, process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+  preemption = _PreemptionFlag()
+  pending, started = [], time.perf_counter()
+  try:
+    for step in range(start_step, total_steps):
+      batch = sharding.global_batch(next(batches), mesh)
+      state, metrics = step_for(config.data.image_size)(state, batch)
+      done = step + 1
+      pending.append((done, metrics))
+      stopping = preemption.raised  # read once: a signal arriving later is handled at the next boundary
+      saving = done % config.checkpoint_every_steps == 0 or done == total_steps or stopping
+      if saving or done % config.log_every_steps == 0:
+        _flush(pending, writer)  # raises before a bad state can be checkpointed
+      if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
+        writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
+      if saving:
+        ckpt.save(done, state, config)
+      if stopping and done < total_steps:
+        raise Preempted(f'stopped by a signal after step {done}; the checkpoint is saved: run the same command '
+                        'to resume')
+  finally:
+    preemption.restore()
+    ckpt.close()
+    writer.close()
+  train_time = time.perf_counter() - started
+
+  # Final evaluation and report.
+  results = {'steps': total_steps, 'train_time_s': round(train_time, 1)}
+  if config.eval.final:
+    results.update(evaluator.final(state.params, state.batch_stats))
+  if jax.process_index() == 0:
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2))
+    report.plot_metrics(workdir)
+  return results

@@ -1,0 +1,104 @@
+"""The trainer end to end: the quickstart's small variant, 1 vs 8 devices, exact resume, SIGTERM."""
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import simclr_cifar10, simclr_digits, supcon_cifar10
+from ssl_jax import train
+from ssl_jax.errors import Preempted
+
+
+def _synthetic(steps=3, **overrides):
+  """A tiny SimCLR run on synthetic data: no TensorFlow, a few seconds."""
+  c = simclr_cifar10.get_config('runlocal,synthetic')
+  c.total_steps = steps
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 3
+  c.data.synthetic_examples = 64
+  c.data.synthetic_shape = (16, 16, 3)
+  c.eval.final = False
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _final_params(workdir):
+  mgr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  restored = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.tree.leaves(restored['state']['params'])
+
+
+def _losses(workdir):
+  return [json.loads(l)['loss'] for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def test_quickstart_runlocal_end_to_end(tmp_path):
+  c = simclr_digits.get_config('runlocal')
+  c.data.data_dir = str(tmp_path / 'tfds')
+  results = train.train_and_evaluate(c, tmp_path / 'run')
+  for key in ('knn_top1', 'linear_top1', 'random_init_knn_top1', 'random_init_linear_top1'):
+    assert 0.0 <= results[key] <= 1.0
+  saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  assert saved['knn_k'] == c.eval.knn_k and saved['linear_top1'] == results['linear_top1']
+  records = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records] == [2, 4, 6]
+  assert all({'loss', 'lr', 'images_per_sec'} <= set(r) and np.isfinite(r['loss']) for r in records)
+  assert (tmp_path / 'run' / 'curves.png').stat().st_size > 1000
+  assert any((tmp_path / 'run' / 'tensorboard').iterdir())
+  assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['3', '6']
+
+
+@pytest.mark.parametrize('get_config', [simclr_cifar10.get_config, supcon_cifar10.get_config])
+def test_cifar_runlocal_configs_on_mock_data(tmp_path, get_config):
+  c = get_config('runlocal')
+  with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path / 'tfds')):
+    results = train.train_and_evaluate(c, tmp_path / 'run')
+  assert np.isfinite(_losses(tmp_path / 'run')).all()
+  assert 0.0 <= results['knn_top1'] <= 1.0
+
+
+def test_one_device_equals_eight_devices(tmp_path):
+  c = _synthetic()
+  train.train_and_evaluate(c, tmp_path / 'one', devices=jax.devices()[:1])
+  train.train_and_evaluate(c, tmp_path / 'eight', devices=jax.devices())
+  np.testing.assert_allclose(_losses(tmp_path / 'one'), _losses(tmp_path / 'eight'), rtol=1e-5)
+  for a, b in zip(_final_params(tmp_path / 'one'), _final_params(tmp_path / 'eight')):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_ghost_batchnorm_one_device_equals_eight_devices(tmp_path):
+  c = _synthetic(steps=2)
+  c.model.bn_group_size = 4
+  train.train_and_evaluate(c, tmp_path / 'one', devices=jax.devices()[:1])
+  train.train_and_evaluate(c, tmp_path / 'eight', devices=jax.devices())
+  np.testing.assert_allclose(_losses(tmp_path / 'one'), _losses(tmp_path / 'eight'), rtol=1e-5)
+
+
+def test_sigterm_saves_and_resume_is_exact(tmp_path, monkeypatch):
+  c = _synthetic(steps=6)
+  train.train_and_evaluate(c, tmp_path / 'straight')
+
+  # Deliver a real SIGTERM while step 2 is being logged: the run must save at the next step boundary and stop.
+  original = train.MetricWriter.write
+
+  def write_then_signal(self, step, metrics, **kw):
+    original(self, step, metrics, **kw)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train.MetricWriter, 'write', write_then_signal)
+  with pytest.raises(Preempted, match='after step 3'):
+    train.train_and_evaluate(c, tmp_path / 'resumed')
+  assert sorted(os.listdir(tmp_path / 'resumed' / 'checkpoints')) == ['3']
+  monkeypatch.setattr(train.MetricWriter, 'write', original)
+  train.train_and_evaluate(c, tmp_path / 'resumed')
+
+  assert _losses(tmp_path / 'resumed') == _losses(tmp_path / 'straight')
+  for a, b in zip(_final_params(tmp_path / 'straight'), _final_params(tmp_path / 'resumed')):
+    np.testing.assert_array_equal(a, b)  # bitwise
