@@ -17,6 +17,7 @@ from absl import logging
 from flax import nnx, struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ssl_jax import checkpoint, data, methods, optim, report, sharding
@@ -82,7 +83,9 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, sta
     ctx = methods.StepContext(config=config, resolution=resolution, step=state.step, extra=state.extra)
 
     def loss_of(params):
-      model = nnx.merge(graphdef, params, state.batch_stats)
+      # Rebuilt inside this trace: NNX lets a module update only the BatchStats created at its trace level.
+      batch_stats = jax.tree.map(lambda x: x, state.batch_stats)
+      model = nnx.merge(graphdef, params, batch_stats)
       loss, (metrics, extra) = method.loss_fn(model, batch, key, ctx)
       return loss, (metrics, extra, nnx.state(model, nnx.BatchStat))
 
@@ -91,7 +94,7 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, sta
     params = optax.apply_updates(state.params, updates)
     extra = method.after_update(extra, params, dataclasses.replace(ctx, extra=extra))
     metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step),
-               'grad_norm': optax.global_norm(grads), 'param_norm': optax.global_norm(params)}
+               'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params)}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, extra=extra)
     return new_state, metrics
@@ -99,14 +102,20 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, sta
   return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
 
 
-def _flush(pending: list, writer: MetricWriter) -> None:
-  """Fetches the buffered step metrics, stops at the first non-finite loss, logs their mean."""
-  fetched = jax.device_get([m for _, m in pending])
-  for (step, _), m in zip(pending, fetched):
-    if not jnp.isfinite(m['loss']):
+def _fetch_and_check(pending: list) -> None:
+  """Brings the buffered step metrics to the host (in place) and stops at the first non-finite loss."""
+  steps = [step for step, _ in pending]
+  pending[:] = zip(steps, jax.device_get([m for _, m in pending]))
+  for step, m in pending:
+    if not np.isfinite(m['loss']):
       raise NonFiniteLoss(f'the loss became {float(m["loss"])} at step {step}; the last good checkpoint is '
                           'kept: lower optimizer.base_lr or raise optimizer.warmup_epochs and resume')
-  mean = {k: sum(float(m[k]) for m in fetched) / len(fetched) for k in fetched[-1]}
+
+
+def _log(pending: list, writer: MetricWriter) -> None:
+  """Writes the mean of the buffered metrics (the learning rate of the last step) and empties the buffer."""
+  fetched = [m for _, m in pending]
+  mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
   mean['lr'] = float(fetched[-1]['lr'])
   writer.write(pending[-1][0], mean)
   pending.clear()
@@ -192,8 +201,11 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
       pending.append((done, metrics))
       stopping = preemption.raised  # read once: a signal arriving later is handled at the next boundary
       saving = done % config.checkpoint_every_steps == 0 or done == total_steps or stopping
-      if saving or done % config.log_every_steps == 0:
-        _flush(pending, writer)  # raises before a bad state can be checkpointed
+      logging_now = done % config.log_every_steps == 0 or done == total_steps
+      if saving or logging_now:
+        _fetch_and_check(pending)  # raises before a bad state can be checkpointed
+      if logging_now:
+        _log(pending, writer)
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
         writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
       if saving:

@@ -86,7 +86,8 @@ def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1):
   if any(registered == name for registered, _ in _MEMORY_DATASETS):
     if (name, split) not in _MEMORY_DATASETS:
       splits = sorted(s for n, s in _MEMORY_DATASETS if n == name)
-      raise UserError(f'in-memory dataset {name!r} has no split {split!r}; registered splits: {", ".join(splits)}')
+      raise UserError(f'in-memory dataset {name!r} has no split {split!r}; '
+                      f'registered splits: {", ".join(splits)}')
     return _MEMORY_DATASETS[(name, split)]
   if name not in TFDS_NAMES:
     registered = sorted({n for n, _ in _MEMORY_DATASETS})
@@ -94,8 +95,8 @@ def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1):
   from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (TensorFlow only from here)
   host_crop = None
   if name in VARIABLE_SIZE:
-    host_crop = dict(size=data_cfg.image_size, scale=tuple(data_cfg.crop_scale), ratio=tuple(data_cfg.crop_ratio),
-                     num_views=num_views if train else 1)
+    host_crop = dict(size=data_cfg.image_size, scale=tuple(data_cfg.crop_scale),
+                     ratio=tuple(data_cfg.crop_ratio), num_views=num_views if train else 1)
   return tfds_source.TfdsSource(name, split, data_dir=data_cfg.data_dir or None, root=data_cfg.root or None,
                                 host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer)
 

@@ -73,7 +73,8 @@ def _resize_box(image: jax.Array, box: Sequence, out_size: int) -> jax.Array:
 
   The window may be traced, so instead of slicing it out, the whole image goes through one affine resample
   that maps the window onto the output grid. The triangle kernel is widened when shrinking (antialias), as
-  torchvision's tensor resize does by default.
+  torchvision's tensor resize does by default; unlike torchvision, which crops first, pixels just outside
+  the window then carry a little weight at its border.
   """
   top, left, height, width = (jnp.asarray(v, jnp.float32) for v in box)
   scale = jnp.stack([out_size / height, out_size / width])
@@ -326,8 +327,14 @@ def color_jitter(key: jax.Array, image: jax.Array, brightness: float, contrast: 
 
   # Sorting i.i.d. uniforms gives a uniformly random permutation.
   order = jnp.argsort(u[5:5 + len(ops)])
-  # One loop body holding every op keeps the compiled graph small (under vmap each step evaluates them all).
-  jittered = jax.lax.fori_loop(0, len(ops), lambda i, x: jnp.stack([op(x) for op in ops])[order[i]], image)
+
+  def step(i, x):
+    # Every op is evaluated and one result picked, which is what a vmapped lax.switch does anyway; switch
+    # itself fails to vmap inside a loop over a batch sharded on an explicit mesh.
+    return jnp.stack([op(x) for op in ops])[order[i]]
+
+  # A loop keeps one copy of each op in the compiled graph instead of one per position.
+  jittered = jax.lax.fori_loop(0, len(ops), step, image)
   return jnp.where(u[0] < prob, jittered, image)
 
 

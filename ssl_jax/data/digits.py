@@ -1,9 +1,10 @@
 """The embedded default dataset: scikit-learn's handwritten digits as a small tfds builder (no download).
 
 The 1797 8x8 digits (values 0..16) are far too easy as they come: a randomly initialised ResNet already
-classifies them well by kNN. So each digit is scaled to 0..255, upscaled (bilinear) to a random size of 14-20
-px and pasted at a random position on a black 24x24 canvas. Size and position are drawn once from a fixed seed,
-so the dataset is the same on every machine; only an encoder that learned shape, not position, scores well.
+classifies them well by kNN. So each digit is scaled to 0..255, upscaled (bilinear) to a random size of
+14-20 px and pasted at a random position on a black 24x24 canvas. Size and position are drawn once from a
+fixed seed, so the dataset is the same on every machine; only an encoder that learned shape, not position,
+scores well.
 
 Splits: 'train' (1497) and 'test' (300, 30 per class), a fixed stratified split from a seeded permutation.
 Building it takes well under a second; `prepare_digits` does it on first use.

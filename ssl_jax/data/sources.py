@@ -103,7 +103,8 @@ class _IndexedSource:
       process_count: number of processes.
 
     Returns:
-      An iterator of {'image': uint8 (B, H, W, C), 'label': int32 (B,)}, B = global_batch_size // process_count.
+      An iterator of {'image': uint8 (B, H, W, C), 'label': int32 (B,)},
+      B = global_batch_size // process_count.
     """
     local = local_batch_size(global_batch_size, process_count)
     check_fits(global_batch_size, self.num_examples, self.name)
@@ -169,7 +170,9 @@ class InMemorySource(_IndexedSource):
       raise UserError(f'{name}: {len(images)} images but labels of shape {labels.shape}; pass one label each')
     self.images, self.labels = images, labels.astype(np.int32)
     self.num_examples = len(images)
-    self.num_classes = int(num_classes if num_classes is not None else max(int(labels.max(initial=-1)) + 1, 0))
+    if num_classes is None:
+      num_classes = max(int(labels.max(initial=-1)) + 1, 0)
+    self.num_classes = int(num_classes)
     self.image_shape = tuple(images.shape[1:])
     self.name = name
 

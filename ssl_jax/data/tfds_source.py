@@ -12,8 +12,8 @@ Random crops draw their seeds from (seed, epoch, example id), so they too are th
 
 Fixed-size datasets (cifar10, cifar100, stl10, digits) yield uint8 (B, H, W, C); grayscale stays 1-channel.
 Variable-size datasets (imagenet2012, imagenet100, image_folder) are cropped on the host: training yields
-`num_views` random-resized crops per example, uint8 (B, V, S, S, 3), decoding only the crop window of each JPEG;
-evaluation resizes the shorter side to S / 0.875 and takes the central S x S crop, uint8 (B, S, S, 3).
+`num_views` random-resized crops per example, uint8 (B, V, S, S, 3), decoding only the crop window of each
+JPEG; evaluation resizes the shorter side to S / 0.875 and takes the central S x S crop, uint8 (B, S, S, 3).
 """
 import functools
 import json
@@ -92,7 +92,6 @@ class TfdsSource:
     self._image_feature = features['image']
     self.image_shape = None if name in VARIABLE_SIZE else tuple(features['image'].shape)
     self.num_classes = 0 if (name, split) in _UNLABELLED_SPLITS else features['label'].num_classes
-    self._label_map = None
     if name == 'imagenet100':
       self._label_map = self._imagenet100_label_map()
       self.num_classes = 100
@@ -109,7 +108,8 @@ class TfdsSource:
       return digits.prepare_digits(self.data_dir)
     if self.name == 'image_folder':
       if not root or not os.path.isdir(os.path.expanduser(root)):
-        raise UserError(f'image_folder needs data.root, a folder of <split>/<class>/<image> files; got {root!r}')
+        raise UserError(f'image_folder needs data.root, a folder of <split>/<class>/<image> files; '
+                        f'got {root!r}')
       return tfds.ImageFolder(os.path.expanduser(root))
     builder_name = _BUILDER_NAMES.get(self.name, self.name)
     try:
@@ -132,7 +132,8 @@ class TfdsSource:
       return
     names = _split_names(self.split)
     if self.name == 'imagenet100' and names != [self.split]:
-      raise UserError(f'imagenet100 takes a whole split name, not {self.split!r}; use one of {", ".join(known)}')
+      raise UserError(f'imagenet100 takes a whole split name, not {self.split!r}; '
+                      f'use one of {", ".join(known)}')
     for s in names:
       if s not in known:
         raise UserError(f'split {s!r} of {self.name} does not exist; use one of {", ".join(known)}')
@@ -170,9 +171,12 @@ class TfdsSource:
       with open(path) as f:
         return np.asarray(json.load(f)['positions'], np.int64)
     self._as_dataset(self.split)  # a missing dataset fails here with the prepare command
-    logging.info('Counting the ImageNet-100 examples of imagenet2012 %s (once; cached in %s)', self.split, path)
+    logging.info('Counting the ImageNet-100 examples of imagenet2012 %s (once; cached in %s)',
+                 self.split, path)
+    # One file at a time (no interleaving), so that the n-th label read is example n of the split, the
+    # indexing that split slices like 'train[a:b]' use.
     ds = self._builder.as_dataset(split=self.split, decoders=tfds.decode.PartialDecoding({'label': True}),
-                                  shuffle_files=False)
+                                  shuffle_files=False, read_config=tfds.ReadConfig(interleave_cycle_length=1))
     labels = np.concatenate(list(ds.map(lambda ex: ex['label']).batch(8192).as_numpy_iterator()))
     positions = np.flatnonzero(self._label_map[labels] >= 0)
     try:
@@ -190,7 +194,8 @@ class TfdsSource:
     if self.name == 'imagenet100':
       ds, count = self._imagenet100_records(process_index, process_count, drop_remainder)
     elif self.name == 'image_folder':
-      # ImageFolder has no sub-split API: every process lists the files and keeps every P-th.
+      # ImageFolder has no sub-split API: every process keeps every P-th file (and reads, not decodes, the
+      # others). Fine for the small folders it is meant for.
       ds = self._as_dataset(self.split).shard(process_count, process_index)
       count = (self.num_examples - process_index + process_count - 1) // process_count
       if drop_remainder:
@@ -221,8 +226,8 @@ class TfdsSource:
       mine = self._positions[process_index * per:(process_index + 1) * per]
     else:
       mine = np.array_split(self._positions, process_count)[process_index]
-    if not len(mine):
-      return self._as_dataset(f'{self.split}[:0]'), 0
+    if not len(mine):  # fewer ImageNet-100 examples than processes: this one only pads
+      return self._as_dataset(self.split).take(0), 0
     ds = self._as_dataset(f'{self.split}[{mine[0]}:{mine[-1] + 1}]')
     table = tf.constant(self._label_map)
     ds = ds.map(lambda ex: {**ex, 'label': tf.gather(table, ex['label'])})
