@@ -18,7 +18,7 @@ def get_config(arg=None):
   c = common.base_config()
   c.method = 'simclr'
   c.batch_size = 256
-  c.total_steps = 300
+  c.total_steps = 150
   c.log_every_steps = 10
   c.checkpoint_every_steps = 100
 

@@ -13,7 +13,7 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # Recipes import `configs.common`; make the repository root importable however the CLI is started.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ssl_jax.errors import NonFiniteLoss, Preempted, UserError  # noqa: E402
@@ -41,6 +41,7 @@ def _parse_flags(argv):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO; progress goes to stderr
   from ssl_jax import train  # imported late so that flag errors are instant
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -177,7 +177,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   state = restored if restored is not None else state
   start_step = int(state.step)
   if start_step:
-    logging.info('Resumed from step %d of %s', start_step, ckpt.directory)
+    logging.warning('Resuming from the checkpoint of step %d in %s', start_step, ckpt.directory)
 
   # Evaluators: the frozen encoder scored by kNN during training, by kNN and a linear probe at the end.
   evaluator = None

@@ -1,7 +1,10 @@
 """The trainer end to end: the quickstart's small variant, 1 vs 8 devices, exact resume, SIGTERM."""
 import json
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +15,8 @@ import tensorflow_datasets as tfds
 from configs import simclr_cifar10, simclr_digits, supcon_cifar10
 from ssl_jax import train
 from ssl_jax.errors import Preempted
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _synthetic(steps=3, **overrides):
@@ -102,3 +107,22 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path, monkeypatch):
   assert _losses(tmp_path / 'resumed') == _losses(tmp_path / 'straight')
   for a, b in zip(_final_params(tmp_path / 'straight'), _final_params(tmp_path / 'resumed')):
     np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_trains_without_tensorflow(tmp_path):
+  # Accelerator images often lack TensorFlow: a run from synthetic data must not need it.
+  script = f"""
+import sys
+sys.modules['tensorflow'] = None  # any import of TensorFlow now fails
+from configs import simclr_cifar10
+from ssl_jax import train
+c = simclr_cifar10.get_config('runlocal,synthetic')
+c.total_steps, c.data.synthetic_examples, c.data.synthetic_shape = 1, 32, (16, 16, 3)
+train.train_and_evaluate(c, {str(tmp_path / 'run')!r})
+assert 'tensorflow' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]
+print('ok')
+"""
+  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-2000:]
