@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.eval_every_steps = 0        # 0: evaluate only at the end
+  c.resolution_stages = ()      # ((first_step, image_size), ...): multi-resolution runs; () = data.image_size
   c.distributed = False         # call jax.distributed.initialize() (multi-host)
 
   c.model = ml_collections.ConfigDict(dict(

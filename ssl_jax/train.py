@@ -52,11 +52,25 @@ def _validate(config, mesh) -> None:
       raise UserError(f'{name}={config[name]} must be positive')
 
 
-def _check_resolution(model, config) -> None:
+def resolution_schedule(config):
+  """Step -> view resolution: `data.image_size` throughout, or the stages of `resolution_stages`.
+
+  `resolution_stages` is a tuple of (first_step, image_size) pairs starting at step 0, e.g. ((0, 56), (800, 112)):
+  each stage trains on views of its size, with one compiled step per size.
+  """
+  stages = tuple(tuple(s) for s in config.resolution_stages) or ((0, config.data.image_size),)
+  firsts = [first for first, _ in stages]
+  if firsts[0] != 0 or firsts != sorted(set(firsts)):
+    raise UserError(f'resolution_stages={stages} must start at step 0 with increasing first steps, '
+                    'e.g. ((0, 56), (800, 112))')
+  return lambda step: [size for first, size in stages if first <= step][-1], [size for _, size in stages]
+
+
+def _check_resolution(model, config, sizes) -> None:
   smallest = model.encoder.min_input_size
-  if config.data.image_size < smallest:
-    raise UserError(f'data.image_size={config.data.image_size} is too small for {config.model.name} with '
-                    f'{config.model.stem!r} stem; use at least {smallest} or fewer model.num_stages')
+  if min(sizes) < smallest:
+    raise UserError(f'image size {min(sizes)} is too small for {config.model.name} with {config.model.stem!r} '
+                    f'stem; use at least {smallest} (data.image_size, resolution_stages) or fewer model.num_stages')
 
 
 class _PreemptionFlag:
@@ -112,11 +126,11 @@ def _fetch_and_check(pending: list) -> None:
                           'kept: lower optimizer.base_lr or raise optimizer.warmup_epochs and resume')
 
 
-def _log(pending: list, writer: MetricWriter) -> None:
-  """Writes the mean of the buffered metrics (the learning rate of the last step) and empties the buffer."""
+def _log(pending: list, writer: MetricWriter, image_size: int) -> None:
+  """Writes the mean of the buffered metrics (lr and image size of the last step) and empties the buffer."""
   fetched = [m for _, m in pending]
   mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-  mean['lr'] = float(fetched[-1]['lr'])
+  mean.update(lr=float(fetched[-1]['lr']), image_size=image_size)
   writer.write(pending[-1][0], mean)
   pending.clear()
 
@@ -152,7 +166,8 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
 
   # Model, optimizer, method.
   model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
-  _check_resolution(model, config)
+  resolution_at, sizes = resolution_schedule(config)
+  _check_resolution(model, config, sizes)
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx, schedule = optim.create_optimizer(config.optimizer, batch_size=config.batch_size,
                                         total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -196,7 +211,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   try:
     for step in range(start_step, total_steps):
       batch = sharding.global_batch(next(batches), mesh)
-      state, metrics = step_for(config.data.image_size)(state, batch)
+      state, metrics = step_for(resolution_at(step))(state, batch)
       done = step + 1
       pending.append((done, metrics))
       stopping = preemption.raised  # read once: a signal arriving later is handled at the next boundary
@@ -205,7 +220,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
       if saving or logging_now:
         _fetch_and_check(pending)  # raises before a bad state can be checkpointed
       if logging_now:
-        _log(pending, writer)
+        _log(pending, writer, image_size=resolution_at(step))
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
         writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
       if saving:

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from configs import simclr_cifar10, simclr_digits, supcon_cifar10
 from ssl_jax import train
-from ssl_jax.errors import Preempted
+from ssl_jax.errors import NonFiniteLoss, Preempted
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -126,3 +127,27 @@ print('ok')
   proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-2000:]
+
+
+def test_resolution_stages_compile_one_step_per_size_and_resume(tmp_path):
+  c = _synthetic(steps=4)
+  c.data.synthetic_shape = (24, 24, 3)
+  c.resolution_stages = ((0, 16), (2, 24))
+  c.checkpoint_every_steps = 2
+  train.train_and_evaluate(c, tmp_path / 'run')
+  records = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert [r['image_size'] for r in records] == [16, 16, 24, 24]
+  assert np.isfinite([r['loss'] for r in records]).all()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  c = _synthetic(steps=6)
+  c.checkpoint_every_steps = 1
+  c.optimizer.base_lr = 1e30   # the parameters overflow within a few steps
+  c.optimizer.warmup_epochs = 0.0
+  with pytest.raises(NonFiniteLoss) as info:
+    train.train_and_evaluate(c, tmp_path / 'run')
+  bad_step = int(re.search(r'at step (\d+)', str(info.value)).group(1))
+  kept = sorted(int(s) for s in os.listdir(tmp_path / 'run' / 'checkpoints'))
+  assert kept and max(kept) == bad_step - 1
+  assert all(np.isfinite(p).all() for p in _final_params(tmp_path / 'run'))
