@@ -13,8 +13,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key, _, value = part.partition('=')
     if key not in out:
       raise ValueError(f'unknown config argument {key!r}; known: {", ".join(out)}')
-    default = out[key]
-    out[key] = (value or 'true').lower() in ('1', 'true', 'yes') if isinstance(default, bool) else type(default)(value)
+    if isinstance(out[key], bool):
+      out[key] = (value or 'true').lower() in ('1', 'true', 'yes')
+    else:
+      out[key] = type(out[key])(value)
   return out
 
 

@@ -5,7 +5,9 @@ Command (one GPU host; prepare the data first with
   python -m ssl_jax.main --config configs/simclr_cifar10.py --workdir /tmp/simclr_cifar10
 Expected: about 90.7% linear top-1 (solo-learn's published figure for this recipe, not yet measured with
 ssl_jax); about 85% kNN (k=200) after 200 epochs at batch 512 (lightly's published figure).
-Hardware/runtime: not measured here (this machine is a 2-core CPU: one epoch would take about 2 hours).
+Hardware/runtime: meant for an accelerator (not measured with ssl_jax yet). On the 2-core CPU development
+machine a step of this recipe takes about 21 s (README, Performance), so one epoch (195 steps) takes about 70
+minutes there: use `:runlocal` on a CPU.
 
 Arguments (comma-separated):
   runlocal    seconds-long smoke run (tiny network, a few steps); needs CIFAR-10 or tfds mock data.

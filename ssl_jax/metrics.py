@@ -10,7 +10,9 @@ import jax
 
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
-  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+  if seconds >= 3600:
+    return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+  return f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 class MetricWriter:

@@ -45,8 +45,9 @@ def check_batch_size(batch_size: int, mesh, *, what: str = 'batch_size') -> None
   """Fails early when the global batch cannot be split evenly over the devices and processes."""
   devices, processes = mesh.size, jax.process_count()
   if batch_size <= 0 or batch_size % devices or batch_size % processes:
+    suggestion = max(devices, batch_size // devices * devices)
     raise UserError(f'{what}={batch_size} is not divisible by the {devices} devices; '
-                    f'use a multiple of {devices}, e.g. --config.{what}={max(devices, batch_size // devices * devices)}')
+                    f'use a multiple of {devices}, e.g. --config.{what}={suggestion}')
 
 
 def global_batch(local_batch: dict, mesh) -> dict:

@@ -46,7 +46,8 @@ def _validate(config, mesh) -> None:
     raise UserError(f'batch_size={config.batch_size} is not divisible by model.bn_group_size={group}; '
                     'pick a group size that divides the batch (0 = BatchNorm over the whole batch)')
   if config.total_steps < 0 or (config.total_steps == 0 and config.total_epochs <= 0):
-    raise UserError('the run has no steps: set --config.total_steps or --config.total_epochs to a positive value')
+    raise UserError('the run has no steps: set --config.total_steps or --config.total_epochs to a positive '
+                    'value')
   for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if config[name] <= 0:
       raise UserError(f'{name}={config[name]} must be positive')
@@ -55,8 +56,8 @@ def _validate(config, mesh) -> None:
 def resolution_schedule(config):
   """Step -> view resolution: `data.image_size` throughout, or the stages of `resolution_stages`.
 
-  `resolution_stages` is a tuple of (first_step, image_size) pairs starting at step 0, e.g. ((0, 56), (800, 112)):
-  each stage trains on views of its size, with one compiled step per size.
+  `resolution_stages` is a tuple of (first_step, image_size) pairs starting at step 0, e.g.
+  ((0, 56), (800, 112)): each stage trains on views of its size, with one compiled step per size.
   """
   stages = tuple(tuple(s) for s in config.resolution_stages) or ((0, config.data.image_size),)
   firsts = [first for first, _ in stages]
@@ -69,8 +70,9 @@ def resolution_schedule(config):
 def _check_resolution(model, config, sizes) -> None:
   smallest = model.encoder.min_input_size
   if min(sizes) < smallest:
-    raise UserError(f'image size {min(sizes)} is too small for {config.model.name} with {config.model.stem!r} '
-                    f'stem; use at least {smallest} (data.image_size, resolution_stages) or fewer model.num_stages')
+    raise UserError(f'image size {min(sizes)} is too small for {config.model.name} with '
+                    f'{config.model.stem!r} stem; use at least {smallest} (data.image_size, resolution_stages) '
+                    'or fewer model.num_stages')
 
 
 class _PreemptionFlag:
@@ -184,7 +186,8 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
 
   def step_for(resolution):
     if resolution not in steps:
-      steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, state_sharding, mesh)
+      steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution,
+                                          state_sharding, mesh)
     return steps[resolution]
 
   # Restore.

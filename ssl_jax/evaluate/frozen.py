@@ -32,8 +32,8 @@ class FrozenEncoderEval:
     self.bank = data.get_source(config.data, split=config.data.train_split, train=False)
     self.test = data.get_source(config.data, split=config.data.eval_split, train=False)
     if self.test.num_classes <= 1:
-      raise UserError(f'data.eval_split={config.data.eval_split!r} of {config.data.name} has no class labels to '
-                      'evaluate with; choose a labelled split')
+      raise UserError(f'data.eval_split={config.data.eval_split!r} of {config.data.name} has no class labels '
+                      'to evaluate with; choose a labelled split')
     self._features = _features_fn(graphdef, config.data.image_size)
 
   def _extract(self, params, batch_stats, source):

@@ -43,7 +43,8 @@ class Method:
 
 
 def available() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_') and m.name != 'common')
+  names = (m.name for m in pkgutil.iter_modules(__path__))
+  return sorted(n for n in names if not n.startswith('_') and n != 'common')
 
 
 def get_method(name: str) -> Method:
