@@ -8,8 +8,10 @@ WANT="$(sha256sum requirements.txt | cut -d' ' -f1)"
 if [[ ! -x .venv/bin/python || ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   echo "Creating .venv from requirements.txt (about a minute)..." >&2
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  # Some machines' pip configs name local mirrors that may be absent; their warnings are noise here.
+  quiet() { { "$@" 2>&1; } | { grep -v 'is ignored: it is neither' || true; }; }
+  quiet .venv/bin/python -m pip install -q --upgrade pip
+  quiet .venv/bin/python -m pip install -q -r requirements.txt
   echo "$WANT" > "$STAMP"
 fi
 source .venv/bin/activate
