@@ -91,12 +91,14 @@ class _PreemptionFlag:
 
 
 # ----------------------------------------------------------------------------------------------- the step
-def make_train_step(graphdef, tx, schedule, method, config, resolution: int, state_sharding, mesh):
+def make_train_step(graphdef, tx, schedule, method, config, resolution: int, total_steps: int, state_sharding,
+                    mesh):
   """The jitted update for one view resolution: views, loss, gradients, optimizer, method-state update."""
 
   def train_step(state: TrainState, batch: dict):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    ctx = methods.StepContext(config=config, resolution=resolution, step=state.step, extra=state.extra)
+    ctx = methods.StepContext(config=config, resolution=resolution, step=state.step, total_steps=total_steps,
+                              extra=state.extra)
 
     def loss_of(params):
       # Rebuilt inside this trace: NNX lets a module update only the BatchStats created at its trace level.
@@ -186,7 +188,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
 
   def step_for(resolution):
     if resolution not in steps:
-      steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution,
+      steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, total_steps,
                                           state_sharding, mesh)
     return steps[resolution]
 

@@ -29,6 +29,7 @@ class StepContext:
   config: Any          # the run's ConfigDict
   resolution: int      # side of the square views of this step (static: one compiled step per resolution)
   step: Any            # int32 scalar array: the step being taken
+  total_steps: int     # steps of the whole run (for schedules such as BYOL's EMA rate)
   extra: Any           # the method state before this step
 
 
