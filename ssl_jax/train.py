@@ -139,6 +139,35 @@ def _log(pending: list, writer: MetricWriter, image_size: int) -> None:
   pending.clear()
 
 
+def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps):
+  """Steps from `state.step` to `total_steps`: log, evaluate, checkpoint, stop cleanly on SIGTERM/SIGINT."""
+  preemption = _PreemptionFlag()
+  pending = []
+  try:
+    for step in range(int(state.step), total_steps):
+      batch = sharding.global_batch(next(batches), mesh)
+      state, metrics = step_for(resolution_at(step))(state, batch)
+      done = step + 1
+      pending.append((done, metrics))
+      stopping = preemption.raised  # read once: a signal arriving later is handled at the next boundary
+      saving = done % config.checkpoint_every_steps == 0 or done == total_steps or stopping
+      logging_now = done % config.log_every_steps == 0 or done == total_steps
+      if saving or logging_now:
+        _fetch_and_check(pending)  # raises before a bad state can be checkpointed
+      if logging_now:
+        _log(pending, writer, image_size=resolution_at(step))
+      if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
+        writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
+      if saving:
+        ckpt.save(done, state, config)
+      if stopping and done < total_steps:
+        raise Preempted(f'stopped by a signal after step {done}; the checkpoint is saved: run the same command '
+                        'to resume')
+  finally:
+    preemption.restore()
+  return state
+
+
 # ----------------------------------------------------------------------------------------------- the run
 def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   """Pretrains `config.method` in `workdir` (resuming from its newest checkpoint) and evaluates the encoder.
@@ -211,30 +240,10 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   batches = train_source.train_batches(global_batch_size=config.batch_size, seed=config.seed,
                                        start_step=start_step, process_index=jax.process_index(),
                                        process_count=jax.process_count())
-  preemption = _PreemptionFlag()
-  pending, started = [], time.perf_counter()
+  started = time.perf_counter()
   try:
-    for step in range(start_step, total_steps):
-      batch = sharding.global_batch(next(batches), mesh)
-      state, metrics = step_for(resolution_at(step))(state, batch)
-      done = step + 1
-      pending.append((done, metrics))
-      stopping = preemption.raised  # read once: a signal arriving later is handled at the next boundary
-      saving = done % config.checkpoint_every_steps == 0 or done == total_steps or stopping
-      logging_now = done % config.log_every_steps == 0 or done == total_steps
-      if saving or logging_now:
-        _fetch_and_check(pending)  # raises before a bad state can be checkpointed
-      if logging_now:
-        _log(pending, writer, image_size=resolution_at(step))
-      if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
-        writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
-      if saving:
-        ckpt.save(done, state, config)
-      if stopping and done < total_steps:
-        raise Preempted(f'stopped by a signal after step {done}; the checkpoint is saved: run the same command '
-                        'to resume')
+    state = _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps)
   finally:
-    preemption.restore()
     ckpt.close()
     writer.close()
   train_time = time.perf_counter() - started
