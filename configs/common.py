@@ -56,8 +56,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict(dict(temperature=0.2))
 
-  # Final evaluation: kNN and linear probe of the frozen encoder (and of its random initialisation).
+  # Online linear probe on stop-gradient encoder features, trained in the same step (only when labelled).
+  c.probe = ml_collections.ConfigDict(dict(enabled=True, lr=0.1, momentum=0.9, weight_decay=0.0))
+
+  # kNN monitor (every eval_every_steps; knn_top1 is the first k of knn_ks; bank: the first knn_bank_size train
+  # images, 0 = all) and the final kNN + linear probe of the frozen encoder and of its random initialisation.
   c.eval = ml_collections.ConfigDict(dict(
-      knn_k=200, knn_temperature=0.1, linear_epochs=100, linear_lr=1e-2, linear_weight_decay=1e-4,
+      knn_ks=(200, 20), knn_temperature=0.1, knn_bank_size=0, linear_epochs=100, linear_lr=1e-2, linear_weight_decay=1e-4,
       batch_size=256, final=True, compare_random_init=True))
   return c

@@ -57,7 +57,7 @@ def get_config(arg=None):
     c.model.head.hidden_dim = 32
     c.model.head.out_dim = 16
     c.data.image_size = 16
-    c.eval.knn_k = 10
+    c.eval.knn_ks = (10,)
     c.eval.linear_epochs = 5
     c.eval.batch_size = 32
   return c

@@ -45,7 +45,7 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 5e-4
   c.loss.temperature = 0.2
 
-  c.eval.knn_k = 20
+  c.eval.knn_ks = (20, 200)
   c.eval.batch_size = 304     # multiple of 8 devices; the test split is padded and masked
 
   if arg.runlocal:

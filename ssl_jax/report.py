@@ -13,7 +13,7 @@ def read_metrics(workdir) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def plot_metrics(workdir, keys=('loss', 'lr', 'knn_top1')) -> pathlib.Path:
+def plot_metrics(workdir, keys=('loss', 'lr', 'probe_top1', 'knn_top1')) -> pathlib.Path:
   """Writes `<workdir>/curves.png`: one panel per metric in `keys` that the run logged, against step."""
   records = read_metrics(workdir)
   present = [k for k in keys if any(k in r for r in records)]

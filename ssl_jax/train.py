@@ -22,7 +22,7 @@ import optax
 
 from ssl_jax import checkpoint, data, methods, optim, report, sharding
 from ssl_jax.errors import NonFiniteLoss, Preempted, UserError
-from ssl_jax.evaluate import frozen
+from ssl_jax.evaluate import frozen, online_probe
 from ssl_jax.metrics import MetricWriter
 
 
@@ -34,6 +34,7 @@ class TrainState:
   batch_stats: Any         # nnx.State of nnx.BatchStat
   opt_state: Any
   extra: Any               # method state: EMA target, queue, ... ({} for SimCLR)
+  probe: Any               # online linear probe: {'params', 'opt_state'}, or {} when off
   rng: jax.Array           # raw key data; each step uses fold_in(rng, step)
 
 
@@ -91,9 +92,9 @@ class _PreemptionFlag:
 
 
 # ----------------------------------------------------------------------------------------------- the step
-def make_train_step(graphdef, tx, schedule, method, config, resolution: int, total_steps: int, state_sharding,
-                    mesh):
-  """The jitted update for one view resolution: views, loss, gradients, optimizer, method-state update."""
+def make_train_step(graphdef, tx, schedule, method, config, resolution: int, total_steps: int, probe_tx,
+                    state_sharding, mesh):
+  """The jitted update for one view resolution: views, loss, gradients, optimizer, method state, probe."""
 
   def train_step(state: TrainState, batch: dict):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -104,17 +105,22 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, tot
       # Rebuilt inside this trace: NNX lets a module update only the BatchStats created at its trace level.
       batch_stats = jax.tree.map(lambda x: x, state.batch_stats)
       model = nnx.merge(graphdef, params, batch_stats)
-      loss, (metrics, extra) = method.loss_fn(model, batch, key, ctx)
-      return loss, (metrics, extra, nnx.state(model, nnx.BatchStat))
+      loss, (metrics, extra, features) = method.loss_fn(model, batch, key, ctx)
+      return loss, (metrics, extra, features, nnx.state(model, nnx.BatchStat))
 
-    (loss, (metrics, extra, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, (metrics, extra, features, batch_stats)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(state.params)
+    probe = state.probe
+    if probe_tx is not None:
+      probe, probe_metrics = online_probe.update(probe, probe_tx, features, batch['label'])
+      metrics = {**metrics, **probe_metrics}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     extra = method.after_update(extra, params, dataclasses.replace(ctx, extra=extra))
     metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step),
                'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params)}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, extra=extra)
+                              opt_state=opt_state, extra=extra, probe=probe)
     return new_state, metrics
 
   return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
@@ -204,10 +210,14 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx, schedule = optim.create_optimizer(config.optimizer, batch_size=config.batch_size,
                                         total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  probe, probe_tx = {}, None
+  if config.probe.enabled and train_source.num_classes > 1:  # on whenever the training data have labels
+    probe, probe_tx = online_probe.create(model.encoder.out_dim, train_source.num_classes, config.probe,
+                                          total_steps=total_steps)
 
   # Shard the state onto the mesh: everything replicated; only batches are split over `data`.
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=tx.init(params), extra=method.init_extra(model, config),
+                     opt_state=tx.init(params), extra=method.init_extra(model, config), probe=probe,
                      rng=jax.random.key_data(jax.random.key(config.seed)))
   state = jax.device_put(state, sharding.replicated(mesh))
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
@@ -218,7 +228,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   def step_for(resolution):
     if resolution not in steps:
       steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, total_steps,
-                                          state_sharding, mesh)
+                                          probe_tx, state_sharding, mesh)
     return steps[resolution]
 
   # Restore.

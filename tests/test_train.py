@@ -51,7 +51,9 @@ def test_quickstart_runlocal_end_to_end(tmp_path):
   for key in ('knn_top1', 'linear_top1', 'random_init_knn_top1', 'random_init_linear_top1'):
     assert 0.0 <= results[key] <= 1.0
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
-  assert saved['knn_k'] == c.eval.knn_k and saved['linear_top1'] == results['linear_top1']
+  assert saved['linear_top1'] == results['linear_top1'] and 'inference mode' in saved['linear_protocol']
+  assert saved['knn_top1'] == saved['knn_top1_k20'] and 0.0 <= saved['knn_top1_k200'] <= 1.0
+  assert 'k=20' in saved['knn_protocol'] and '1497 labelled images' in saved['knn_protocol']
   records = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records] == [2, 4, 6]
   assert all({'loss', 'lr', 'images_per_sec'} <= set(r) and np.isfinite(r['loss']) for r in records)
@@ -151,3 +153,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   kept = sorted(int(s) for s in os.listdir(tmp_path / 'run' / 'checkpoints'))
   assert kept == list(range(max(1, bad_step - 3), bad_step))  # the last keep_checkpoints=3 good steps
   assert all(np.isfinite(p).all() for p in _final_params(tmp_path / 'run'))
+
+
+def test_online_probe_is_logged_and_costs_the_encoder_no_gradient(tmp_path):
+  with_probe, without = _synthetic(steps=2), _synthetic(steps=2)
+  without.probe.enabled = False
+  train.train_and_evaluate(with_probe, tmp_path / 'with')
+  train.train_and_evaluate(without, tmp_path / 'without')
+  records = [json.loads(l) for l in open(tmp_path / 'with' / 'metrics.jsonl')]
+  assert all(0.0 <= r['probe_top1'] <= 1.0 and np.isfinite(r['probe_loss']) for r in records)
+  assert 'probe_top1' not in json.loads(open(tmp_path / 'without' / 'metrics.jsonl').readline())
+  for a, b in zip(_final_params(tmp_path / 'with'), _final_params(tmp_path / 'without')):
+    np.testing.assert_array_equal(a, b)  # the encoder and heads are bit-identical: the probe took nothing

@@ -4,6 +4,8 @@ The encoder always runs in inference mode (BatchNorm running statistics) on un-a
 split is the kNN bank and the probe's training set, the eval split is the query / test set. At the end the
 same scores are computed for the encoder's random initialisation, the baseline pretraining has to beat.
 """
+import itertools
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -36,35 +38,42 @@ class FrozenEncoderEval:
                       'to evaluate with; choose a labelled split')
     self._features = _features_fn(graphdef, config.data.image_size)
 
-  def _extract(self, params, batch_stats, source):
+  def _extract(self, params, batch_stats, source, limit: int = 0):
+    """Features and labels of the labelled examples of `source` in its fixed order (the first `limit`)."""
     apply = lambda images: self._features(params, batch_stats, images)
-    batches = (sharding.global_batch(b, self.mesh) for b in source.eval_batches(
-        global_batch_size=self.config.eval.batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count()))
-    feats, labels = extract_features(apply, batches)
+    batches = source.eval_batches(global_batch_size=self.config.eval.batch_size,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+    if limit:  # the bank's memory and time are bounded by its size, not by the split's
+      batches = itertools.islice(batches, -(-limit // self.config.eval.batch_size))
+    feats, labels = extract_features(apply, (sharding.global_batch(b, self.mesh) for b in batches))
     keep = labels >= 0  # unlabelled examples (label -1) cannot vote or be scored
-    return feats[keep], labels[keep]
+    feats, labels = feats[keep], labels[keep]
+    return (feats[:limit], labels[:limit]) if limit else (feats, labels)
+
+  def _bank_and_test(self, params, batch_stats):
+    bank = self._extract(params, batch_stats, self.bank, limit=self.config.eval.knn_bank_size)
+    return bank, self._extract(params, batch_stats, self.test)
 
   def knn(self, params, batch_stats) -> dict:
-    """kNN top-1 on the eval split, with the k and temperature used written next to it."""
-    bank_x, bank_y = self._extract(params, batch_stats, self.bank)
-    test_x, test_y = self._extract(params, batch_stats, self.test)
-    return self._knn_scores(bank_x, bank_y, test_x, test_y)
+    """kNN top-1 on the eval split for every k of `eval.knn_ks`; the protocol is written beside."""
+    return self._knn_scores(*self._bank_and_test(params, batch_stats))
 
-  def _knn_scores(self, bank_x, bank_y, test_x, test_y) -> dict:
+  def _knn_scores(self, bank, test) -> dict:
     e = self.config.eval
-    top1 = knn_accuracy(bank_x, bank_y, test_x, test_y, num_classes=self.test.num_classes, k=e.knn_k,
-                        temperature=e.knn_temperature)
-    return {'knn_top1': float(top1), 'knn_k': e.knn_k, 'knn_temperature': e.knn_temperature}
+    scores = {f'knn_top1_k{k}': knn_accuracy(*bank, *test, num_classes=self.test.num_classes, k=k,
+                                             temperature=e.knn_temperature) for k in e.knn_ks}
+    protocol = (f'cosine kNN, k={e.knn_ks[0]}, vote weight exp(sim/{e.knn_temperature}), bank: the first '
+                f'{len(bank[0])} labelled images of {self.config.data.train_split!r}, queries: '
+                f'{self.config.data.eval_split!r}, encoder in inference mode, no augmentation')
+    return {'knn_top1': scores[f'knn_top1_k{e.knn_ks[0]}'], **scores, 'knn_protocol': protocol}
 
   def _scores(self, params, batch_stats) -> dict:
     e = self.config.eval
-    bank_x, bank_y = self._extract(params, batch_stats, self.bank)
-    test_x, test_y = self._extract(params, batch_stats, self.test)
+    (bank_x, bank_y), (test_x, test_y) = self._bank_and_test(params, batch_stats)
     linear = linear_probe_accuracy(bank_x, bank_y, test_x, test_y, num_classes=self.test.num_classes,
                                    epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
                                    seed=self.config.seed)
-    return {**self._knn_scores(bank_x, bank_y, test_x, test_y), 'linear_top1': float(linear['top1'])}
+    return {**self._knn_scores((bank_x, bank_y), (test_x, test_y)), 'linear_top1': float(linear['top1'])}
 
   def final(self, params, batch_stats) -> dict:
     """Scores of the trained encoder and, if configured, of its random initialisation."""
@@ -76,5 +85,7 @@ class FrozenEncoderEval:
       init_params, init_stats = jax.device_put((init_params, init_stats), sharding.replicated(self.mesh))
       baseline = self._scores(init_params, init_stats)
       results.update(random_init_knn_top1=baseline['knn_top1'], random_init_linear_top1=baseline['linear_top1'])
-    results['linear_protocol'] = f'frozen features, no augmentation, {self.config.eval.linear_epochs} epochs'
+    results['linear_protocol'] = (f'softmax classifier (AdamW, {self.config.eval.linear_epochs} epochs) on '
+                                  'standardised features extracted once without augmentation, on the kNN bank; '
+                                  'encoder in inference mode')
     return results

@@ -5,11 +5,12 @@ A method module defines:
       The trainable model. It has an `encoder` attribute and a `features(images, *, train)` method (images
       float in [0, 1]) that evaluation and `load_encoder` use; it may hold any heads and a module in front of
       the encoder.
-  loss_fn(model, batch, key, ctx) -> (loss, (metrics, extra))
+  loss_fn(model, batch, key, ctx) -> (loss, (metrics, extra, features))
       One training step's loss on the global batch (`batch['image']` uint8, `batch['label']`). The method makes
       its own views (any number, including one), may run several forward passes (each call of a module in
       train mode uses and updates its own batch statistics), may read stage outputs
-      (`encoder(x, train=..., return_stages=True)`), and returns the new method state `extra`.
+      (`encoder(x, train=..., return_stages=True)`), and returns the new method state `extra` and the encoder
+      features (B, D) of one view, which the online linear probe reads (under stop_gradient).
 It may also define (defaults below):
   num_views(config) -> int                       views per example the input pipeline should crop on the host
   init_extra(model, config) -> pytree            method state kept in the train state (EMA params, a queue)

@@ -21,8 +21,11 @@ class EncoderProjector(nnx.Module):
     """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C)."""
     return self.encoder(augment.normalize(images, self.mean, self.std), train=train)
 
-  def __call__(self, images, *, train: bool):
-    return self.projector(self.features(images, train=train), train=train)
+  def __call__(self, images, *, train: bool, return_features: bool = False):
+    """Projections (N, P) of float images in [0, 1]; with `return_features`, also the encoder features."""
+    h = self.features(images, train=train)
+    z = self.projector(h, train=train)
+    return (z, h) if return_features else z
 
 
 def build_encoder(config, *, in_channels: int, rngs: nnx.Rngs):
@@ -52,14 +55,14 @@ def make_views(key, images, config, resolution: int, num_views: int):
 
 
 def project_views(model, views):
-  """Projections (B, V, D) of all views in ONE forward pass, so BatchNorm sees every view of the batch.
+  """Projections (B, V, P) and encoder features (B, V, D) of all views in ONE forward pass.
 
-  Rows are flattened example-major (B·V), which keeps each device's rows on that device and keeps ghost
-  BatchNorm groups independent of the device count.
+  One pass, so BatchNorm sees every view of the batch. Rows are flattened example-major (B·V), which keeps
+  each device's rows on that device and keeps ghost BatchNorm groups independent of the device count.
   """
   b, v = views.shape[:2]
-  z = model(views.reshape(b * v, *views.shape[2:]), train=True)
-  return z.reshape(b, v, -1)
+  z, h = model(views.reshape(b * v, *views.shape[2:]), train=True, return_features=True)
+  return z.reshape(b, v, -1), h.reshape(b, v, -1)
 
 
 def contrastive_metrics(z) -> dict:
@@ -75,7 +78,7 @@ def contrastive_loss_fn(model, batch, key, ctx, *, use_labels: bool):
   """The SimCLR / SupCon step: views -> one forward pass -> `losses.contrastive_loss`."""
   config = ctx.config
   views = make_views(key, batch['image'], config, ctx.resolution, config.num_views)
-  z = project_views(model, views)
+  z, h = project_views(model, views)
   labels = batch['label'] if use_labels else None
   loss = losses.contrastive_loss(z, labels, temperature=config.loss.temperature)
-  return loss, (contrastive_metrics(z), ctx.extra)
+  return loss, (contrastive_metrics(z), ctx.extra, h[:, 0])
