@@ -13,4 +13,5 @@ print(f"{'pretrained (SimCLR)':22}{r['knn_top1']:>10.1%}{r['linear_top1']:>14.1%
 print(f"{'random initialisation':22}{r['random_init_knn_top1']:>10.1%}{r['random_init_linear_top1']:>14.1%}")
 print(f"training {r['train_time_s']:.0f} s; results.json and curves.png in {sys.argv[1]}")
 PY
+python -m ssl_jax.report "$WORKDIR" > /dev/null  # report_curves.png and report.md beside curves.png
 echo "quickstart total: $(( $(date +%s) - start )) s"

@@ -17,11 +17,12 @@ RESUMABLE_CHANGES = ('total_steps', 'total_epochs', 'log_every_steps', 'eval_eve
                      'checkpoint_every_steps', 'keep_checkpoints', 'eval', 'distributed')
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out
@@ -29,7 +30,7 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Dotted names of the fields that differ, ignoring the ones a resumed run may change."""
-  a, b = _flatten(saved), _flatten(current)
+  a, b = flatten(saved), flatten(current)
   keep = lambda k: k.split('.')[0] not in RESUMABLE_CHANGES
   return sorted(k for k in set(a) | set(b) if keep(k) and a.get(k) != b.get(k))
 
@@ -62,7 +63,7 @@ class Checkpointer:
                       'use a fresh --workdir or delete that step directory') from None
     diff = config_differences(saved, _comparable(config))
     if diff:
-      shown = ', '.join(f'{k} (checkpoint {_flatten(saved).get(k)!r})' for k in diff[:6])
+      shown = ', '.join(f'{k} (checkpoint {flatten(saved).get(k)!r})' for k in diff[:6])
       raise UserError(f'the workdir holds a checkpoint of a different config: {shown}; '
                       'use a fresh --workdir or the same config to resume')
 

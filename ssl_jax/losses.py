@@ -58,3 +58,65 @@ def contrastive_loss(features: jax.Array, labels: jax.Array | None = None, *, te
   mean_log_prob_pos = jnp.where(positive, log_prob, 0.0).sum(axis=1) / jnp.maximum(num_pos, 1)
   has_pos = num_pos > 0
   return -jnp.where(has_pos, mean_log_prob_pos, 0.0).sum() / jnp.maximum(has_pos.sum(), 1)
+
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+  """Mean over the batch of -cos(p, z), with a stop-gradient on `z` (SimSiam's D, Chen & He, 2021).
+
+  Args:
+    p: (B, D) predictions (gradients flow into these).
+    z: (B, D) targets; wrapped in `jax.lax.stop_gradient` here, so callers need not.
+
+  Returns:
+    Scalar float32 in [-1, 1].
+  """
+  cos = jnp.sum(l2_normalize(p) * l2_normalize(jax.lax.stop_gradient(z)), axis=-1)
+  return -jnp.mean(cos)
+
+
+def regression_loss(p: jax.Array, z: jax.Array) -> jax.Array:
+  """BYOL's normalised regression loss, mean over the batch of 2 - 2·cos(p, z) (Grill et al., 2020, eq. 2).
+
+  Args:
+    p: (B, D) online predictions.
+    z: (B, D) target projections; stop-gradient'ed here.
+
+  Returns:
+    Scalar float32 in [0, 4].
+  """
+  return 2.0 + 2.0 * negative_cosine(p, z)
+
+
+def moco_logits(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: float) -> jax.Array:
+  """MoCo's logits: the positive q·k first, then q against every queued key, over τ (He et al., 2020, Alg. 1).
+
+  Args:
+    q: (B, D) queries; L2-normalised here.
+    k: (B, D) keys of the same images (other view), stop-gradient'ed and L2-normalised here.
+    queue: (K, D) L2-normalised negative keys (no gradient flows into it).
+    temperature: τ.
+
+  Returns:
+    (B, 1 + K) float32 logits; the positive is column 0.
+  """
+  q = l2_normalize(q)
+  k = l2_normalize(jax.lax.stop_gradient(k))
+  pos = jnp.sum(q * k, axis=-1, keepdims=True)
+  neg = jnp.matmul(q, jax.lax.stop_gradient(queue).astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
+  return jnp.concatenate([pos, neg], axis=1) / temperature
+
+
+def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: float) -> jax.Array:
+  """InfoNCE over `moco_logits`: mean over the batch of -log softmax of the positive (column 0).
+
+  Args:
+    q: (B, D) queries.
+    k: (B, D) positive keys (no gradient).
+    queue: (K, D) L2-normalised negative keys.
+    temperature: τ.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  logits = moco_logits(q, k, queue, temperature=temperature)
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])

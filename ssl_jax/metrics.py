@@ -32,7 +32,8 @@ class MetricWriter:
     now = time.perf_counter()
     rate = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
     self.last_step, self.last_time = step, now
-    record = {'step': step, **{k: float(v) for k, v in metrics.items()}}
+    # Unix time of the record: reports plot curves against wall-clock as well as against step.
+    record = {'step': step, 'time': time.time(), **{k: float(v) for k, v in metrics.items()}}
     if 'loss' in metrics:
       record['images_per_sec'] = rate
     if not self.enabled:
@@ -40,7 +41,7 @@ class MetricWriter:
     self.jsonl.write(json.dumps(record) + '\n')
     self.jsonl.flush()
     for k, v in record.items():
-      if k != 'step' and math.isfinite(v):
+      if k not in ('step', 'time') and math.isfinite(v):
         self.tb.add_scalar(k, v, step)
     self.tb.flush()
     if console:

@@ -3,45 +3,29 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
 from configs import simclr_cifar10, simclr_digits, supcon_cifar10
 from ssl_jax import train
-from ssl_jax.errors import NonFiniteLoss, Preempted
+from ssl_jax.errors import NonFiniteLoss
+
+import runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _synthetic(steps=3, **overrides):
-  """A tiny SimCLR run on synthetic data: no TensorFlow, a few seconds."""
-  c = simclr_cifar10.get_config('runlocal,synthetic')
-  c.total_steps = steps
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 3
-  c.data.synthetic_examples = 64
-  c.data.synthetic_shape = (16, 16, 3)
-  c.eval.final = False
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+def _synthetic(steps=3):
+  return runs.tiny_synthetic(steps=steps)
 
 
 def _final_params(workdir):
-  mgr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  restored = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return jax.tree.leaves(restored['state']['params'])
-
-
-def _losses(workdir):
-  return [json.loads(l)['loss'] for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return jax.tree.leaves(runs.final_state(workdir)['params'])
 
 
 def test_quickstart_runlocal_end_to_end(tmp_path):
@@ -67,7 +51,7 @@ def test_cifar_runlocal_configs_on_mock_data(tmp_path, get_config):
   c = get_config('runlocal')
   with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path / 'tfds')):
     results = train.train_and_evaluate(c, tmp_path / 'run')
-  assert np.isfinite(_losses(tmp_path / 'run')).all()
+  assert np.isfinite(runs.logged(tmp_path / 'run')).all()
   assert 0.0 <= results['knn_top1'] <= 1.0
 
 
@@ -75,7 +59,7 @@ def test_one_device_equals_eight_devices(tmp_path):
   c = _synthetic()
   train.train_and_evaluate(c, tmp_path / 'one', devices=jax.devices()[:1])
   train.train_and_evaluate(c, tmp_path / 'eight', devices=jax.devices())
-  np.testing.assert_allclose(_losses(tmp_path / 'one'), _losses(tmp_path / 'eight'), rtol=1e-5)
+  np.testing.assert_allclose(runs.logged(tmp_path / 'one'), runs.logged(tmp_path / 'eight'), rtol=1e-5)
   for a, b in zip(_final_params(tmp_path / 'one'), _final_params(tmp_path / 'eight')):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -85,29 +69,18 @@ def test_ghost_batchnorm_one_device_equals_eight_devices(tmp_path):
   c.model.bn_group_size = 4
   train.train_and_evaluate(c, tmp_path / 'one', devices=jax.devices()[:1])
   train.train_and_evaluate(c, tmp_path / 'eight', devices=jax.devices())
-  np.testing.assert_allclose(_losses(tmp_path / 'one'), _losses(tmp_path / 'eight'), rtol=1e-5)
+  np.testing.assert_allclose(runs.logged(tmp_path / 'one'), runs.logged(tmp_path / 'eight'), rtol=1e-5)
 
 
 def test_sigterm_saves_and_resume_is_exact(tmp_path, monkeypatch):
   c = _synthetic(steps=6)
   train.train_and_evaluate(c, tmp_path / 'straight')
 
-  # Deliver a real SIGTERM while step 2 is being logged: the run must save at the next step boundary and stop.
-  original = train.MetricWriter.write
-
-  def write_then_signal(self, step, metrics, **kw):
-    original(self, step, metrics, **kw)
-    if step == 2:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(train.MetricWriter, 'write', write_then_signal)
-  with pytest.raises(Preempted, match='after step 3'):
-    train.train_and_evaluate(c, tmp_path / 'resumed')
+  runs.preempt_after_step_3(c, tmp_path / 'resumed', monkeypatch)
   assert sorted(os.listdir(tmp_path / 'resumed' / 'checkpoints')) == ['3']
-  monkeypatch.setattr(train.MetricWriter, 'write', original)
   train.train_and_evaluate(c, tmp_path / 'resumed')
 
-  assert _losses(tmp_path / 'resumed') == _losses(tmp_path / 'straight')
+  assert runs.logged(tmp_path / 'resumed') == runs.logged(tmp_path / 'straight')
   for a, b in zip(_final_params(tmp_path / 'straight'), _final_params(tmp_path / 'resumed')):
     np.testing.assert_array_equal(a, b)  # bitwise
 

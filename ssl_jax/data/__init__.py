@@ -8,6 +8,7 @@ Datasets (DATASET_NAMES):
   digits        the embedded default: scikit-learn's digits on a 24x24 canvas, prepared automatically
   cifar10, cifar100, stl10 (split 'unlabelled' for pretraining; its labels are -1)
   imagenet2012  manual download; imagenet100 (CMC's 100 classes of it, labels 0..99 in imagenet100.txt order)
+  caltech_birds2011  CUB-200-2011 (5,994 train / 5,794 test, variable size)
   image_folder  `<data.root>/<split>/<class>/<image>` files
   synthetic     random images, no data and no TensorFlow needed
 and any name registered with `register_memory_dataset`.
@@ -19,8 +20,9 @@ import numpy as np
 from ssl_jax.data.sources import InMemorySource, SyntheticSource, subset_indices  # noqa: F401
 from ssl_jax.errors import UserError
 
-TFDS_NAMES = ('digits', 'cifar10', 'cifar100', 'stl10', 'imagenet2012', 'imagenet100', 'image_folder')
-VARIABLE_SIZE = ('imagenet2012', 'imagenet100', 'image_folder')  # cropped on the host
+TFDS_NAMES = ('digits', 'cifar10', 'cifar100', 'stl10', 'imagenet2012', 'imagenet100', 'caltech_birds2011',
+              'image_folder')
+VARIABLE_SIZE = ('imagenet2012', 'imagenet100', 'caltech_birds2011', 'image_folder')  # cropped on the host
 DATASET_NAMES = TFDS_NAMES + ('synthetic',)
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -32,6 +34,7 @@ IMAGE_STATS = {
     'stl10': _IMAGENET,           # as solo-learn
     'imagenet2012': _IMAGENET,
     'imagenet100': _IMAGENET,
+    'caltech_birds2011': _IMAGENET,  # as S3L (torchvision's ImageNet statistics)
     'image_folder': _IMAGENET,
     # Computed over the 1497 train digits (pixels / 255) of digits.render_digits(); mostly black canvas.
     'digits': ((0.1553,), (0.2774,)),

@@ -1,0 +1,282 @@
+r"""Offline linear evaluation of a trained encoder: `python -m ssl_jax.evaluate.linear --workdir DIR`.
+
+A linear classifier is trained on the features of the frozen encoder (loaded with `ssl_jax.load_encoder`, in
+inference mode, never updated) and scored on the eval split after every epoch. Two protocols:
+  frozen_features  features of the un-augmented images, extracted once (fast; the default)
+  augmented        features recomputed every epoch from random-resized crops and flips of the train images
+                   (the protocol of SimCLR and most papers; the test images stay un-augmented)
+The top-1 / top-5 of the last epoch and of the best epoch, and the protocol, are printed and merged into
+`<workdir>/results.json` under 'linear_eval'. Override the defaults of `default_config` with --config.a=b:
+  python -m ssl_jax.evaluate.linear --workdir runs/quickstart --config.optimizer=lars --config.lr=0.5
+Exit codes: 0 done; 2 bad input (one line on stderr).
+"""
+import functools
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ssl_jax import data
+from ssl_jax.data import augment
+from ssl_jax.errors import UserError
+
+PROTOCOLS = ('frozen_features', 'augmented')
+OPTIMIZERS = ('sgd', 'lars', 'adamw')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The probe's defaults: SGD with momentum, cosine decay, standardised features, 100 epochs.
+
+  Returns:
+    ConfigDict: epochs, batch_size, optimizer ('sgd' | 'lars' | 'adamw'), lr, weight_decay, momentum,
+    protocol ('frozen_features' | 'augmented'), crop_scale and flip_prob (the 'augmented' views;
+    flip_prob -1 = the run's augment.flip_prob, e.g. 0 for digits),
+    standardize, train_split and eval_split ('' = the run's data.train_split / data.eval_split),
+    embed_batch_size (images per forward pass) and seed.
+  """
+  return ml_collections.ConfigDict(dict(  # noqa: C408  (keyword style reads like a config)
+      epochs=100, batch_size=256, optimizer='sgd', lr=0.1, weight_decay=0.0, momentum=0.9,
+      protocol='frozen_features', crop_scale=(0.08, 1.0), flip_prob=-1.0, standardize=True,
+      train_split='', eval_split='', embed_batch_size=256, seed=0))
+
+
+# ----------------------------------------------------------------------------------------------- classifier
+def _check_choice(field: str, value: str, options: tuple[str, ...]) -> None:
+  if value not in options:
+    raise UserError(f'unknown {field} {value!r}; use --config.{field}= one of {", ".join(options)}')
+
+
+def make_optimizer(name: str, lr, weight_decay, momentum, total_steps) -> optax.GradientTransformation:
+  """The classifier's optimizer on a cosine decay to 0; hyperparameters may be traced (no recompile)."""
+  schedule = lambda count: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count / total_steps, 1.0)))
+  decay = {'w': True, 'b': False}  # the bias is not regularised
+  if name == 'adamw':
+    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay)
+  if name == 'lars':
+    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay, trust_ratio_mask=decay,
+                      momentum=momentum)
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay),
+                     optax.sgd(schedule, momentum=momentum))
+
+
+def _logits(weights, x):
+  return jnp.matmul(x, weights['w'], precision=jax.lax.Precision.HIGHEST) + weights['b']
+
+
+@functools.partial(jax.jit, static_argnames=('optimizer', 'batch_size'), donate_argnums=(0, 1))
+def _train_epoch(weights, opt_state, feats, labels, key, hparams, *, optimizer, batch_size):
+  """One pass over a fresh permutation of standardised features; the incomplete last batch is skipped."""
+  tx = make_optimizer(optimizer, **hparams)
+  steps = feats.shape[0] // batch_size
+  order = jax.random.permutation(key, feats.shape[0])[:steps * batch_size].reshape(steps, batch_size)
+
+  def step(carry, idx):
+    weights, opt_state = carry
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    loss = lambda w: ce(_logits(w, feats[idx]), labels[idx]).mean()
+    updates, opt_state = tx.update(jax.grad(loss)(weights), opt_state, weights)
+    return (optax.apply_updates(weights, updates), opt_state), None
+
+  (weights, opt_state), _ = jax.lax.scan(step, (weights, opt_state), order)
+  return weights, opt_state
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
+  """{'top1', 'top5'} of (M, C) logits against (M,) labels; top-5 is 1.0 when C <= 5."""
+  ranked = np.argsort(-np.asarray(logits), axis=1)[:, :5]
+  hits = ranked == np.asarray(labels)[:, None]
+  return {'top1': float(hits[:, 0].mean()), 'top5': float(hits.any(axis=1).mean())}
+
+
+def train_classifier(train_features, train_labels, test_feats, test_labels, *, num_classes: int, cfg) -> dict:
+  """Trains a linear classifier, scoring it on the test features after every epoch.
+
+  Args:
+    train_features: (N, D) features, or a function epoch -> (N, D) features (recomputed each epoch).
+    train_labels: (N,) integer labels in [0, num_classes).
+    test_feats: (M, D) test features.
+    test_labels: (M,) test labels.
+    num_classes: number of classes C.
+    cfg: `default_config()` (epochs, batch_size, optimizer, lr, weight_decay, momentum, standardize, seed).
+
+  Returns:
+    {'top1', 'top5' (last epoch), 'best_top1', 'best_top5', 'best_epoch' (1-based), 'top1_per_epoch'}.
+  """
+  features_at = train_features if callable(train_features) else lambda epoch: train_features
+  labels = jnp.asarray(train_labels, jnp.int32)
+  first = np.asarray(features_at(0), np.float32)
+  _check_choice('optimizer', cfg.optimizer, OPTIMIZERS)
+  if first.ndim != 2 or len(first) == 0 or labels.shape != first.shape[:1] or cfg.epochs < 1:
+    raise UserError(f'the linear classifier needs (N, D) features with N > 0, (N,) labels and epochs >= 1; '
+                    f'got {first.shape}, {labels.shape}, epochs={cfg.epochs}')
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise UserError(f'classifier labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}; '
+                    'drop unlabelled examples or fix num_classes')
+  # Standardised with the first epoch's statistics, so every epoch's features are scaled alike.
+  mean, std = (first.mean(0), first.std(0) + 1e-6) if cfg.standardize else (0.0, 1.0)
+  scale = lambda f: jnp.asarray((np.asarray(f, np.float32) - mean) / std)
+  batch_size = min(cfg.batch_size, len(first))
+  hparams = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                 total_steps=cfg.epochs * (len(first) // batch_size))
+  weights = {'w': jnp.zeros((first.shape[1], num_classes)), 'b': jnp.zeros((num_classes,))}
+  opt_state = make_optimizer(cfg.optimizer, **hparams).init(weights)
+  hparams = jax.tree.map(jnp.float32, hparams)
+  test = scale(test_feats)
+  history = []
+  for epoch, key in enumerate(jax.random.split(jax.random.key(cfg.seed), cfg.epochs)):
+    feats = scale(first if epoch == 0 else features_at(epoch))
+    weights, opt_state = _train_epoch(weights, opt_state, feats, labels, key, hparams,
+                                      optimizer=cfg.optimizer, batch_size=batch_size)
+    history.append(topk_accuracy(_logits(weights, test), test_labels))
+  best = max(range(len(history)), key=lambda i: history[i]['top1'])  # the first of equally good epochs
+  return {**history[-1], 'best_top1': history[best]['top1'], 'best_top5': history[best]['top5'],
+          'best_epoch': best + 1, 'top1_per_epoch': [h['top1'] for h in history]}
+
+
+# ----------------------------------------------------------------------------------------------- features
+def run_flip_prob(cfg, run_config) -> float:
+  """`cfg.flip_prob`, or the pretraining run's `augment.flip_prob` when it is negative."""
+  return float(run_config.augment.flip_prob if cfg.flip_prob < 0 else cfg.flip_prob)
+
+
+def _labelled_batches(encoder, split: str, batch_size: int):
+  """(images uint8 (B, H, W, C), labels (B,)) of the labelled examples of `split`, in a fixed order."""
+  source = data.get_source(encoder.config.data, split=split, train=False)
+  for batch in source.eval_batches(global_batch_size=batch_size):
+    keep = np.asarray(batch['mask'], bool) & (np.asarray(batch['label']) >= 0)
+    if keep.any():
+      yield np.asarray(batch['image'])[keep], np.asarray(batch['label'])[keep]
+
+
+def _augmented_fn(encoder, cfg):
+  """Jitted (images uint8, key) -> features of random-resized crops and flips, encoder in inference mode."""
+  views = ml_collections.ConfigDict(dict(crop_scale=tuple(cfg.crop_scale), crop_ratio=(3 / 4, 4 / 3),
+                                         flip_prob=run_flip_prob(cfg, encoder.config)))
+
+  def view(key, image):
+    k_crop, k_flip = jax.random.split(key)
+    image = augment.random_resized_crop(k_crop, image, encoder.image_size, views.crop_scale, views.crop_ratio)
+    return augment.random_flip(k_flip, image, views.flip_prob)
+
+  @jax.jit
+  def features(params, batch_stats, images, key):
+    x = jax.vmap(view)(jax.random.split(key, images.shape[0]), images.astype(jnp.float32) / 255.0)
+    return encoder.apply(params, batch_stats, x)
+
+  return features
+
+
+def split_features(encoder, split: str, batch_size: int, augmented=None, key=None):
+  """Features (N, D) and labels (N,) of the labelled images of `split`; with `augmented`, of random views."""
+  feats, labels = [], []
+  for i, (images, y) in enumerate(_labelled_batches(encoder, split, batch_size)):
+    if augmented is None:
+      feats.append(encoder.embed(images))
+    else:
+      padded = np.concatenate([images, np.zeros((batch_size - len(images), *images.shape[1:]), np.uint8)])
+      f = augmented(encoder.params, encoder.batch_stats, padded, jax.random.fold_in(key, i))
+      feats.append(np.asarray(f)[:len(images)])
+    labels.append(y)
+  if not feats:
+    raise UserError(f'split {split!r} of {encoder.config.data.name} has no labelled example; choose a '
+                    'labelled split with --config.train_split / --config.eval_split')
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def _check(cfg) -> None:
+  _check_choice('protocol', cfg.protocol, PROTOCOLS)
+  _check_choice('optimizer', cfg.optimizer, OPTIMIZERS)
+  if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.embed_batch_size < 1:
+    raise UserError('epochs, batch_size and embed_batch_size must be positive')
+
+
+def merge_results(workdir, key: str, results: dict) -> pathlib.Path:
+  """Writes `results` under `key` into `<workdir>/results.json`, keeping every other key there."""
+  path = pathlib.Path(workdir) / 'results.json'
+  merged = json.loads(path.read_text()) if path.exists() else {}
+  merged[key] = results
+  path.write_text(json.dumps(merged, indent=2))
+  return path
+
+
+def evaluate_linear(workdir, cfg=None, *, encoder=None) -> dict:
+  """Linear evaluation of the encoder of `workdir`; the results are merged into its results.json.
+
+  Args:
+    workdir: a training run's workdir (its newest checkpoint is evaluated).
+    cfg: `default_config()` with any changes; the defaults when None.
+    encoder: an already loaded `ssl_jax.load_encoder(workdir)` (it is only read, never changed).
+
+  Returns:
+    {'top1', 'top5', 'best_top1', 'best_top5', 'best_epoch', 'top1_per_epoch', 'protocol', ...}.
+  """
+  from ssl_jax.encoder import load_encoder  # pylint: disable=g-import-not-at-top  (keeps flag errors fast)
+  cfg = cfg or default_config()
+  _check(cfg)
+  encoder = encoder or load_encoder(workdir, batch_size=cfg.embed_batch_size)
+  run_data = encoder.config.data
+  train_split, eval_split = cfg.train_split or run_data.train_split, cfg.eval_split or run_data.eval_split
+  num_classes = data.get_source(run_data, split=eval_split, train=False).num_classes
+  test_x, test_y = split_features(encoder, eval_split, cfg.embed_batch_size)
+  train_x, train_y = split_features(encoder, train_split, cfg.embed_batch_size)
+  features = train_x
+  if cfg.protocol == 'augmented':
+    fn, key = _augmented_fn(encoder, cfg), jax.random.key(cfg.seed + 1)
+    features = lambda epoch: split_features(encoder, train_split, cfg.embed_batch_size, fn,
+                                            jax.random.fold_in(key, epoch))[0]
+  scores = train_classifier(features, train_y, test_x, test_y, num_classes=num_classes, cfg=cfg)
+  views = ' (random-resized crop + flip, recomputed every epoch)' if cfg.protocol == 'augmented' else ''
+  protocol = (f'{cfg.protocol}: linear classifier ({cfg.optimizer}, lr {cfg.lr}, cosine, {cfg.epochs} '
+              f'epochs, batch {cfg.batch_size}) on {"standardised " if cfg.standardize else ""}features of '
+              f'{len(train_y)} {train_split!r} images{views}, scored on {len(test_y)} '
+              f'{eval_split!r} images; encoder frozen, in inference mode')
+  results = {**scores, 'protocol': protocol, 'config': cfg.to_dict()}
+  merge_results(workdir, 'linear_eval', results)
+  return results
+
+
+def run_cli(default, evaluate, key: str) -> None:
+  """The shared command line of the evaluation CLIs: --workdir DIR [--config.a=b ...]; exit 2 on bad input."""
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  bad_flag = (flags.Error, ValueError, TypeError, AttributeError, KeyError)
+
+  def fail(message):
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+  try:  # the config flag reads its --config.a=b overrides from sys.argv as soon as it is defined
+    config = config_flags.DEFINE_config_dict('config', default(), 'Evaluation settings.')
+  except bad_flag as e:
+    fail(f'unknown --config field {str(e).strip().splitlines()[-1]}; the fields are {", ".join(default())}')
+  workdir = flags.DEFINE_string('workdir', None, 'The training run to evaluate.')
+
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except bad_flag as e:
+      fail(f'{str(e).strip().splitlines()[-1]} (see --helpfull)')
+
+  def main(argv):
+    del argv
+    if not workdir.value:
+      fail('--workdir is required: the directory of a training run')
+    try:
+      results = evaluate(workdir.value, config.value)
+    except UserError as e:
+      fail(str(e))
+    shown = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
+    shown = [f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in shown.items()]
+    print(f'{key}: ' + ', '.join(shown))
+
+  app.run(main, flags_parser=parse)
+
+
+if __name__ == '__main__':
+  run_cli(default_config, evaluate_linear, 'linear_eval')

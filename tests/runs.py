@@ -1,0 +1,55 @@
+"""Tiny training runs and checkpoint readers shared by the trainer-level tests."""
+import json
+import os
+import signal
+
+import jax
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import simclr_cifar10
+from ssl_jax import train
+from ssl_jax.errors import Preempted
+
+
+def tiny_synthetic(get_config=simclr_cifar10.get_config, steps: int = 3):
+  """A recipe's `:runlocal,synthetic` variant on 16-px synthetic data: no TensorFlow, a few seconds."""
+  c = get_config('runlocal,synthetic')
+  c.total_steps = steps
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 3
+  c.data.synthetic_examples = 64
+  c.data.synthetic_shape = (16, 16, 3)
+  c.eval.final = False
+  return c
+
+
+def checkpoints(workdir) -> dict:
+  """{step: restored train state (nested dicts of numpy arrays)} for every checkpoint in `workdir`."""
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as mgr:
+    args = ocp.args.Composite(state=ocp.args.StandardRestore())
+    return {s: jax.device_get(mgr.restore(s, args=args)['state']) for s in mgr.all_steps()}
+
+
+def final_state(workdir) -> dict:
+  states = checkpoints(workdir)
+  return states[max(states)]
+
+
+def logged(workdir, key: str = 'loss') -> list:
+  return [json.loads(l)[key] for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def preempt_after_step_3(config, workdir, monkeypatch) -> None:
+  """Runs `config` with a real SIGTERM delivered while step 2 is logged: it must save after step 3 and stop."""
+  original = train.MetricWriter.write
+
+  def write_then_signal(self, step, metrics, **kw):
+    original(self, step, metrics, **kw)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train.MetricWriter, 'write', write_then_signal)
+    with pytest.raises(Preempted, match='after step 3'):
+      train.train_and_evaluate(config, workdir)
