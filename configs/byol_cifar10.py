@@ -71,28 +71,8 @@ def get_config(arg=None):
     c.optimizer.weight_decay = 1e-4
     c.ema.base = 0.95 if arg.dataset == 'cifar10' else 0.85
   if arg.synthetic:
-    c.data.name = 'synthetic'
-    c.data.synthetic_examples = 4096
-    c.eval.final = False
+    common.use_synthetic(c)
   if arg.runlocal:
-    shrink_for_runlocal(c)
+    common.shrink_for_runlocal(c)
   return c
 
-
-def shrink_for_runlocal(c):
-  """A few steps of a tiny network at 16 px: the smoke-run variant of the BYOL / SimSiam / MoCo configs."""
-  c.batch_size = 16
-  c.total_steps = 4
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 2
-  c.eval_every_steps = 0
-  c.model.width = 0.125
-  c.model.head.hidden_dim = 32
-  c.model.head.out_dim = 16
-  if 'predictor' in c.model:
-    c.model.predictor.hidden_dim = 32
-    c.model.predictor.out_dim = 16
-  c.data.image_size = 16
-  c.eval.knn_ks = (10,)
-  c.eval.linear_epochs = 5
-  c.eval.batch_size = 32

@@ -62,6 +62,32 @@ def base_config() -> ml_collections.ConfigDict:
   # kNN monitor (every eval_every_steps; knn_top1 is the first k of knn_ks; bank: the first knn_bank_size train
   # images, 0 = all) and the final kNN + linear probe of the frozen encoder and of its random initialisation.
   c.eval = ml_collections.ConfigDict(dict(
-      knn_ks=(200, 20), knn_temperature=0.1, knn_bank_size=0, linear_epochs=100, linear_lr=1e-2, linear_weight_decay=1e-4,
-      batch_size=256, final=True, compare_random_init=True))
+      knn_ks=(200, 20), knn_temperature=0.1, knn_bank_size=0, linear_epochs=100, linear_lr=1e-2,
+      linear_weight_decay=1e-4, batch_size=256, final=True, compare_random_init=True))
   return c
+
+
+def shrink_for_runlocal(c):
+  """A few steps of a tiny network at 16 px: the `:runlocal` variant of the CIFAR / CUB recipes."""
+  c.batch_size = 16
+  c.total_steps = 4
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.eval_every_steps = 0
+  c.model.width = 0.125
+  c.model.head.hidden_dim = 32
+  c.model.head.out_dim = 16
+  if 'predictor' in c.model:
+    c.model.predictor.hidden_dim = 32
+    c.model.predictor.out_dim = 16
+  c.data.image_size = 16
+  c.eval.knn_ks = (10,)
+  c.eval.linear_epochs = 5
+  c.eval.batch_size = 32
+
+
+def use_synthetic(c) -> None:
+  """Random images instead of the dataset (`:synthetic`): benchmarks and tests that need no data."""
+  c.data.name = 'synthetic'
+  c.data.synthetic_examples = 4096
+  c.eval.final = False

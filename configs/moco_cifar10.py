@@ -18,7 +18,7 @@ Arguments (comma-separated): runlocal, synthetic, dataset=cifar10|cifar100 (as c
 """
 import ml_collections
 
-from configs import byol_cifar10, common
+from configs import common
 
 
 def get_config(arg=None):
@@ -53,11 +53,9 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 1e-4
 
   if arg.synthetic:
-    c.data.name = 'synthetic'
-    c.data.synthetic_examples = 4096
-    c.eval.final = False
+    common.use_synthetic(c)
   if arg.runlocal:
-    byol_cifar10.shrink_for_runlocal(c)
+    common.shrink_for_runlocal(c)
     c.model.bn_group_size = 8
     c.moco.queue_size = 32
   return c

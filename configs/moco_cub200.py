@@ -22,7 +22,7 @@ or tfds mock data).
 """
 import ml_collections
 
-from configs import byol_cifar10, common
+from configs import common
 
 
 def get_config(arg=None):
@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.optimizer.exclude_bias_and_norm = False
 
   if arg.runlocal:
-    byol_cifar10.shrink_for_runlocal(c)
+    common.shrink_for_runlocal(c)
     c.model.name = 'resnet18'
     c.model.bn_group_size = 8
     c.moco.queue_size = 32

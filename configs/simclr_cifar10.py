@@ -44,20 +44,7 @@ def get_config(arg=None):
   c.loss.temperature = 0.2
 
   if arg.synthetic:
-    c.data.name = 'synthetic'
-    c.data.synthetic_examples = 4096
-    c.eval.final = False
+    common.use_synthetic(c)
   if arg.runlocal:
-    c.batch_size = 16
-    c.total_steps = 4
-    c.log_every_steps = 2
-    c.checkpoint_every_steps = 2
-    c.eval_every_steps = 0
-    c.model.width = 0.125
-    c.model.head.hidden_dim = 32
-    c.model.head.out_dim = 16
-    c.data.image_size = 16
-    c.eval.knn_ks = (10,)
-    c.eval.linear_epochs = 5
-    c.eval.batch_size = 32
+    common.shrink_for_runlocal(c)
   return c

@@ -64,9 +64,7 @@ def get_config(arg=None):
     c.model.head.num_layers = 2 if arg.dataset == 'cifar10' else 3
     c.augment.blur_prob = c.augment2.blur_prob = 0.0  # PatrickHua/SimSiam blurs only above 32 px
   if arg.synthetic:
-    c.data.name = 'synthetic'
-    c.data.synthetic_examples = 4096
-    c.eval.final = False
+    common.use_synthetic(c)
   if arg.runlocal:
-    byol_cifar10.shrink_for_runlocal(c)
+    common.shrink_for_runlocal(c)
   return c

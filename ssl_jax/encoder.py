@@ -7,19 +7,19 @@ The model is rebuilt from the config saved with the checkpoint; only its paramet
 are read (not the optimizer or method state), and it always runs in inference mode (BatchNorm running
 statistics), so an image's feature does not depend on the other images of the call.
 """
+import functools
 import pathlib
 import warnings
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from ssl_jax import methods
-from ssl_jax.data import augment
 from ssl_jax.errors import UserError
+from ssl_jax.evaluate import inference_features
 
 _STEM_KERNEL = ('params', 'encoder', 'stem_conv', 'kernel')
 
@@ -130,14 +130,7 @@ class Encoder:
     self.in_channels = int(model.encoder.stem_conv.kernel.shape[-2])
     self.feature_dim = int(model.encoder.out_dim)
     self.graphdef, self.params, self.batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    size = self.image_size
-
-    @jax.jit
-    def features(params, batch_stats, images):
-      x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
-      return self.apply(params, batch_stats, jax.vmap(lambda im: augment.center_crop_resize(im, size))(x))
-
-    self._features = features
+    self._features = jax.jit(functools.partial(inference_features, self.graphdef, resolution=self.image_size))
 
   def apply(self, params, batch_stats, images):
     """The pure forward pass (traceable): features (N, D) of float images in [0, 1] at `image_size`."""

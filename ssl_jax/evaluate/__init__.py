@@ -4,16 +4,19 @@ The scorers take plain (N, D) feature arrays, so any encoder, exit or ensemble c
 """
 from collections.abc import Callable, Iterable
 
+from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate.knn import knn_accuracy, knn_predict
 from ssl_jax.evaluate.linear_probe import linear_predict, linear_probe_accuracy, train_linear_probe
 
-__all__ = ['extract_features', 'knn_accuracy', 'knn_predict', 'linear_predict', 'linear_probe_accuracy',
-           'train_linear_probe']
+__all__ = ['extract_features', 'inference_features', 'knn_accuracy', 'knn_predict', 'linear_predict',
+           'linear_probe_accuracy', 'train_linear_probe']
 
 
 def _to_host(x) -> np.ndarray:
@@ -43,3 +46,16 @@ def extract_features(apply_fn: Callable, batches: Iterable[dict]) -> tuple[np.nd
   if not feats:
     raise UserError('feature extraction got no batches; check that the evaluation split is not empty')
   return np.concatenate(feats), np.concatenate(labels)
+
+
+def inference_features(graphdef, params, batch_stats, images, resolution: int) -> jax.Array:
+  """Encoder features (N, D) in inference mode (BatchNorm running statistics), as every evaluation sees them.
+
+  Args:
+    graphdef, params, batch_stats: the split model (it has `features(images, *, train)`).
+    images: uint8 (N, H, W, C), or float in [0, 1]; centre-cropped to a square and resized to `resolution`.
+    resolution: the side the encoder was trained at.
+  """
+  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+  x = jax.vmap(lambda im: augment.center_crop_resize(im, resolution))(x)
+  return nnx.merge(graphdef, params, batch_stats).features(x, train=False)

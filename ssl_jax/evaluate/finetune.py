@@ -26,6 +26,7 @@ from ssl_jax import data, sharding
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import linear
+from ssl_jax.evaluate.linear_probe import topk_accuracy
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -130,7 +131,7 @@ def _evaluate(graphdef, params, batch_stats, source, cfg, image_size: int, mesh)
     labels.append(np.asarray(batch['label'])[keep])
   if not sum(len(y) for y in labels):
     raise UserError('the eval split has no labelled example; choose one with --config.eval_split')
-  return linear.topk_accuracy(np.concatenate(logits), np.concatenate(labels))
+  return topk_accuracy(np.concatenate(logits), np.concatenate(labels))
 
 
 def fine_tune(run_config, backbone, cfg, *, devices=None):

@@ -4,25 +4,15 @@ The encoder always runs in inference mode (BatchNorm running statistics) on un-a
 split is the kNN bank and the probe's training set, the eval split is the query / test set. At the end the
 same scores are computed for the encoder's random initialisation, the baseline pretraining has to beat.
 """
+import functools
 import itertools
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
 
 from ssl_jax import data, sharding
-from ssl_jax.data import augment
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import extract_features, knn_accuracy, linear_probe_accuracy
-
-
-def _features_fn(graphdef, resolution: int):
-  @jax.jit
-  def features(params, batch_stats, images):
-    model = nnx.merge(graphdef, params, batch_stats)
-    x = jax.vmap(lambda im: augment.center_crop_resize(im, resolution))(images.astype(jnp.float32) / 255.0)
-    return model.features(x, train=False)
-  return features
+from ssl_jax.evaluate import extract_features, inference_features, knn_accuracy, linear_probe_accuracy
 
 
 class FrozenEncoderEval:
@@ -36,7 +26,7 @@ class FrozenEncoderEval:
     if self.test.num_classes <= 1:
       raise UserError(f'data.eval_split={config.data.eval_split!r} of {config.data.name} has no class labels '
                       'to evaluate with; choose a labelled split')
-    self._features = _features_fn(graphdef, config.data.image_size)
+    self._features = jax.jit(functools.partial(inference_features, graphdef, resolution=config.data.image_size))
 
   def _extract(self, params, batch_stats, source, limit: int = 0):
     """Features and labels of the labelled examples of `source` in its fixed order (the first `limit`)."""

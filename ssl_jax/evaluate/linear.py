@@ -10,7 +10,6 @@ The top-1 / top-5 of the last epoch and of the best epoch, and the protocol, are
   python -m ssl_jax.evaluate.linear --workdir runs/quickstart --config.optimizer=lars --config.lr=0.5
 Exit codes: 0 done; 2 bad input (one line on stderr).
 """
-import functools
 import json
 import pathlib
 import sys
@@ -19,14 +18,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from ssl_jax import data
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
+from ssl_jax.evaluate.linear_probe import (OPTIMIZERS, linear_predict, topk_accuracy,
+                                           train_linear_probe)
 
 PROTOCOLS = ('frozen_features', 'augmented')
-OPTIMIZERS = ('sgd', 'lars', 'adamw')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -51,50 +50,8 @@ def _check_choice(field: str, value: str, options: tuple[str, ...]) -> None:
     raise UserError(f'unknown {field} {value!r}; use --config.{field}= one of {", ".join(options)}')
 
 
-def make_optimizer(name: str, lr, weight_decay, momentum, total_steps) -> optax.GradientTransformation:
-  """The classifier's optimizer on a cosine decay to 0; hyperparameters may be traced (no recompile)."""
-  schedule = lambda count: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count / total_steps, 1.0)))
-  decay = {'w': True, 'b': False}  # the bias is not regularised
-  if name == 'adamw':
-    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay)
-  if name == 'lars':
-    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay, trust_ratio_mask=decay,
-                      momentum=momentum)
-  return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay),
-                     optax.sgd(schedule, momentum=momentum))
-
-
-def _logits(weights, x):
-  return jnp.matmul(x, weights['w'], precision=jax.lax.Precision.HIGHEST) + weights['b']
-
-
-@functools.partial(jax.jit, static_argnames=('optimizer', 'batch_size'), donate_argnums=(0, 1))
-def _train_epoch(weights, opt_state, feats, labels, key, hparams, *, optimizer, batch_size):
-  """One pass over a fresh permutation of standardised features; the incomplete last batch is skipped."""
-  tx = make_optimizer(optimizer, **hparams)
-  steps = feats.shape[0] // batch_size
-  order = jax.random.permutation(key, feats.shape[0])[:steps * batch_size].reshape(steps, batch_size)
-
-  def step(carry, idx):
-    weights, opt_state = carry
-    ce = optax.softmax_cross_entropy_with_integer_labels
-    loss = lambda w: ce(_logits(w, feats[idx]), labels[idx]).mean()
-    updates, opt_state = tx.update(jax.grad(loss)(weights), opt_state, weights)
-    return (optax.apply_updates(weights, updates), opt_state), None
-
-  (weights, opt_state), _ = jax.lax.scan(step, (weights, opt_state), order)
-  return weights, opt_state
-
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
-  """{'top1', 'top5'} of (M, C) logits against (M,) labels; top-5 is 1.0 when C <= 5."""
-  ranked = np.argsort(-np.asarray(logits), axis=1)[:, :5]
-  hits = ranked == np.asarray(labels)[:, None]
-  return {'top1': float(hits[:, 0].mean()), 'top5': float(hits.any(axis=1).mean())}
-
-
 def train_classifier(train_features, train_labels, test_feats, test_labels, *, num_classes: int, cfg) -> dict:
-  """Trains a linear classifier, scoring it on the test features after every epoch.
+  """Trains a linear classifier (`linear_probe.train_linear_probe`), scoring the test split after every epoch.
 
   Args:
     train_features: (N, D) features, or a function epoch -> (N, D) features (recomputed each epoch).
@@ -107,32 +64,13 @@ def train_classifier(train_features, train_labels, test_feats, test_labels, *, n
   Returns:
     {'top1', 'top5' (last epoch), 'best_top1', 'best_top5', 'best_epoch' (1-based), 'top1_per_epoch'}.
   """
-  features_at = train_features if callable(train_features) else lambda epoch: train_features
-  labels = jnp.asarray(train_labels, jnp.int32)
-  first = np.asarray(features_at(0), np.float32)
   _check_choice('optimizer', cfg.optimizer, OPTIMIZERS)
-  if first.ndim != 2 or len(first) == 0 or labels.shape != first.shape[:1] or cfg.epochs < 1:
-    raise UserError(f'the linear classifier needs (N, D) features with N > 0, (N,) labels and epochs >= 1; '
-                    f'got {first.shape}, {labels.shape}, epochs={cfg.epochs}')
-  if labels.min() < 0 or labels.max() >= num_classes:
-    raise UserError(f'classifier labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}; '
-                    'drop unlabelled examples or fix num_classes')
-  # Standardised with the first epoch's statistics, so every epoch's features are scaled alike.
-  mean, std = (first.mean(0), first.std(0) + 1e-6) if cfg.standardize else (0.0, 1.0)
-  scale = lambda f: jnp.asarray((np.asarray(f, np.float32) - mean) / std)
-  batch_size = min(cfg.batch_size, len(first))
-  hparams = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                 total_steps=cfg.epochs * (len(first) // batch_size))
-  weights = {'w': jnp.zeros((first.shape[1], num_classes)), 'b': jnp.zeros((num_classes,))}
-  opt_state = make_optimizer(cfg.optimizer, **hparams).init(weights)
-  hparams = jax.tree.map(jnp.float32, hparams)
-  test = scale(test_feats)
   history = []
-  for epoch, key in enumerate(jax.random.split(jax.random.key(cfg.seed), cfg.epochs)):
-    feats = scale(first if epoch == 0 else features_at(epoch))
-    weights, opt_state = _train_epoch(weights, opt_state, feats, labels, key, hparams,
-                                      optimizer=cfg.optimizer, batch_size=batch_size)
-    history.append(topk_accuracy(_logits(weights, test), test_labels))
+  score = lambda params: history.append(topk_accuracy(linear_predict(params, test_feats), test_labels))
+  train_linear_probe(train_features, train_labels, num_classes=num_classes, epochs=cfg.epochs,
+                     batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     optimizer=cfg.optimizer, momentum=cfg.momentum, seed=cfg.seed, standardize=cfg.standardize,
+                     after_epoch=score)
   best = max(range(len(history)), key=lambda i: history[i]['top1'])  # the first of equally good epochs
   return {**history[-1], 'best_top1': history[best]['top1'], 'best_top5': history[best]['top5'],
           'best_epoch': best + 1, 'top1_per_epoch': [h['top1'] for h in history]}

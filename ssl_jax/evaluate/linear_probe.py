@@ -1,8 +1,9 @@
 """Offline linear probe: multinomial logistic regression trained with optax on fixed features.
 
-The features are computed once (no augmentation) and optionally standardised with the train mean and std; the
-classifier is trained with minibatch AdamW (or SGD with momentum) and a cosine learning-rate decay, one jitted
-function per epoch. This is the cheap probe used to score an encoder; fine-tuning lives elsewhere.
+Features are optionally standardised with the train mean and std; the classifier is trained with minibatch
+AdamW, SGD or LARS and a cosine learning-rate decay, one jitted function per epoch. The trainer's final probe
+and the offline linear-evaluation CLI (`ssl_jax.evaluate.linear`) both train with this; fine-tuning lives
+elsewhere.
 """
 import functools
 
@@ -13,7 +14,7 @@ import optax
 
 from ssl_jax.errors import UserError
 
-_OPTIMIZERS = ('adamw', 'sgd')
+OPTIMIZERS = ('adamw', 'sgd', 'lars')
 
 
 def _standardizer(feats: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -26,14 +27,17 @@ def _standardizer(feats: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.
   return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _make_optimizer(name: str, lr, weight_decay, total_steps) -> optax.GradientTransformation:
-  """The probe's optimizer; hyperparameters may be traced, so one compiled epoch serves every setting."""
+def make_optimizer(name: str, lr, weight_decay, momentum, total_steps) -> optax.GradientTransformation:
+  """The classifier's optimizer on a cosine decay to 0; hyperparameters may be traced (no recompile)."""
   schedule = lambda count: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count / total_steps, 1.0)))
-  decay_mask = {'w': True, 'b': False}  # the bias is not regularised
+  decay = {'w': True, 'b': False}  # the bias is not regularised
   if name == 'adamw':
-    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
-  return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=0.9))
+    return optax.adamw(schedule, weight_decay=weight_decay, mask=decay)
+  if name == 'lars':
+    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay, trust_ratio_mask=decay,
+                      momentum=momentum)
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay),
+                     optax.sgd(schedule, momentum=momentum))
 
 
 def linear_predict(params: dict, feats) -> jax.Array:
@@ -47,25 +51,25 @@ def linear_predict(params: dict, feats) -> jax.Array:
     (M, C) float32 logits.
   """
   x = (jnp.asarray(feats, jnp.float32) - params['mean']) / params['std']
-  return jnp.matmul(x, params['w'], precision=jax.lax.Precision.HIGHEST) + params['b']
+  return _logits(params, x)
 
 
-def _loss(weights, stats, x, y):
-  logits = linear_predict({**weights, **stats}, x)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+def _logits(weights, x):
+  return jnp.matmul(x, weights['w'], precision=jax.lax.Precision.HIGHEST) + weights['b']
 
 
 @functools.partial(jax.jit, static_argnames=('optimizer', 'batch_size'), donate_argnums=(0, 1))
-def _train_epoch(weights, opt_state, stats, feats, labels, key, hparams, *, optimizer, batch_size):
-  """One pass over a fresh permutation; the incomplete last batch is left to the next epoch's shuffle."""
-  tx = _make_optimizer(optimizer, **hparams)
+def _train_epoch(weights, opt_state, feats, labels, key, hparams, *, optimizer, batch_size):
+  """One pass over a fresh permutation of standardised features; the incomplete last batch is left out."""
+  tx = make_optimizer(optimizer, **hparams)
   steps = feats.shape[0] // batch_size
   order = jax.random.permutation(key, feats.shape[0])[:steps * batch_size].reshape(steps, batch_size)
 
   def step(carry, idx):
     weights, opt_state = carry
-    grads = jax.grad(_loss)(weights, stats, feats[idx], labels[idx])
-    updates, opt_state = tx.update(grads, opt_state, weights)
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    loss = lambda w: ce(_logits(w, feats[idx]), labels[idx]).mean()
+    updates, opt_state = tx.update(jax.grad(loss)(weights), opt_state, weights)
     return (optax.apply_updates(weights, updates), opt_state), None
 
   (weights, opt_state), _ = jax.lax.scan(step, (weights, opt_state), order)
@@ -74,28 +78,33 @@ def _train_epoch(weights, opt_state, stats, feats, labels, key, hparams, *, opti
 
 def train_linear_probe(train_feats, train_labels, *, num_classes: int, epochs: int = 100,
                        batch_size: int = 256, lr: float = 1e-2, weight_decay: float = 1e-4,
-                       optimizer: str = 'adamw', seed: int = 0, standardize: bool = True) -> dict:
-  """Fits a linear classifier on fixed features.
+                       optimizer: str = 'adamw', momentum: float = 0.9, seed: int = 0, standardize: bool = True,
+                       after_epoch=None) -> dict:
+  """Fits a linear classifier on features.
 
   Args:
-    train_feats: (N, D) features.
+    train_feats: (N, D) features, or a function epoch -> (N, D) features recomputed every epoch (augmented
+      protocols); standardisation uses the first epoch's statistics, so every epoch is scaled alike.
     train_labels: (N,) integer labels in [0, num_classes).
     num_classes: number of classes C.
     epochs: passes over the data.
     batch_size: minibatch size; clamped to N (full batch) for small sets.
     lr: peak learning rate, decayed to 0 with a cosine over all steps. The default suits AdamW on standardised
       features; SGD wants about 0.1-0.3.
-    weight_decay: decoupled (AdamW) or L2-gradient (SGD) decay on the weight matrix.
-    optimizer: 'adamw' or 'sgd' (momentum 0.9).
+    weight_decay: decoupled (AdamW), L2-gradient (SGD) or LARS decay on the weight matrix.
+    optimizer: 'adamw', 'sgd' or 'lars' (both with `momentum`).
+    momentum: momentum of SGD and LARS.
     seed: shuffling seed.
     standardize: standardise features with the train mean and std before the classifier.
+    after_epoch: optional callback(params) after every epoch (e.g. to score the test split).
 
   Returns:
     params: 'w' (D, C), 'b' (C,) and the standardisation 'mean' (D,), 'std' (D,), for `linear_predict`.
   """
-  feats, labels = np.asarray(train_feats, np.float32), np.asarray(train_labels, np.int32)
-  if optimizer not in _OPTIMIZERS:
-    raise UserError(f'unknown linear-probe optimizer {optimizer!r}; use one of {", ".join(_OPTIMIZERS)}')
+  features_at = train_feats if callable(train_feats) else lambda epoch: train_feats
+  feats, labels = np.asarray(features_at(0), np.float32), np.asarray(train_labels, np.int32)
+  if optimizer not in OPTIMIZERS:
+    raise UserError(f'unknown linear-probe optimizer {optimizer!r}; use one of {", ".join(OPTIMIZERS)}')
   if feats.ndim != 2 or feats.shape[0] == 0 or labels.shape != feats.shape[:1] or epochs < 1:
     raise UserError(f'linear probe needs (N, D) features with N > 0, (N,) labels and epochs >= 1 (got '
                     f'{feats.shape}, {labels.shape}, epochs={epochs}); check the train split')
@@ -103,18 +112,30 @@ def train_linear_probe(train_feats, train_labels, *, num_classes: int, epochs: i
     raise UserError(f'linear-probe labels must lie in [0, {num_classes}), got {labels.min()}..'
                     f'{labels.max()}; drop unlabelled examples or fix num_classes')
   mean, std = _standardizer(feats, standardize)
+  scale = lambda f: jnp.asarray((np.asarray(f, np.float32) - mean) / std)
   batch_size = min(batch_size, feats.shape[0])
-  hparams = dict(lr=lr, weight_decay=weight_decay, total_steps=epochs * (feats.shape[0] // batch_size))
-  stats = {'mean': jnp.asarray(mean), 'std': jnp.asarray(std)}
+  hparams = dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                 total_steps=epochs * (feats.shape[0] // batch_size))
   # Zero init: the loss is convex, so the start only matters for speed, and zeros make runs repeatable.
   weights = {'w': jnp.zeros((feats.shape[1], num_classes)), 'b': jnp.zeros((num_classes,))}
-  opt_state = _make_optimizer(optimizer, **hparams).init(weights)
+  opt_state = make_optimizer(optimizer, **hparams).init(weights)
   hparams = jax.tree.map(jnp.float32, hparams)  # traced, not static: new values do not recompile
-  feats, labels = jnp.asarray(feats), jnp.asarray(labels)
-  for key in jax.random.split(jax.random.key(seed), epochs):
-    weights, opt_state = _train_epoch(weights, opt_state, stats, feats, labels, key, hparams,
+  stats = {'mean': jnp.asarray(mean), 'std': jnp.asarray(std)}
+  labels = jnp.asarray(labels)
+  for epoch, key in enumerate(jax.random.split(jax.random.key(seed), epochs)):
+    x = scale(feats if epoch == 0 else features_at(epoch))
+    weights, opt_state = _train_epoch(weights, opt_state, x, labels, key, hparams,
                                       optimizer=optimizer, batch_size=batch_size)
+    if after_epoch is not None:
+      after_epoch({**weights, **stats})
   return {**weights, **stats}
+
+
+def topk_accuracy(logits, labels) -> dict:
+  """{'top1', 'top5'} of (M, C) logits against (M,) labels; top-5 is 1.0 when C <= 5."""
+  ranked = np.argsort(-np.asarray(logits), axis=1)[:, :5]
+  hits = ranked == np.asarray(labels)[:, None]
+  return {'top1': float(hits[:, 0].mean()), 'top5': float(hits.any(axis=1).mean())}
 
 
 def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, *, num_classes: int,
@@ -137,8 +158,5 @@ def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, *,
   test_labels = np.asarray(test_labels)
   if logits.shape[0] == 0:
     raise UserError('linear probe has no test example to score; check the eval split')
-  results = {'top1': float(np.mean(logits.argmax(axis=1) == test_labels))}
-  if num_classes >= 5:
-    top5 = np.argsort(-logits, axis=1)[:, :5]
-    results['top5'] = float(np.mean((top5 == test_labels[:, None]).any(axis=1)))
-  return results
+  results = topk_accuracy(logits, test_labels)
+  return results if num_classes >= 5 else {'top1': results['top1']}

@@ -23,7 +23,8 @@ def create(feature_dim: int, num_classes: int, cfg, *, total_steps: int):
   """
   tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
                    optax.sgd(optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1)), momentum=cfg.momentum))
-  params = {'w': jnp.zeros((feature_dim, num_classes), jnp.float32), 'b': jnp.zeros((num_classes,), jnp.float32)}
+  params = {'w': jnp.zeros((feature_dim, num_classes), jnp.float32),
+            'b': jnp.zeros((num_classes,), jnp.float32)}
   return {'params': params, 'opt_state': tx.init(params)}, tx
 
 

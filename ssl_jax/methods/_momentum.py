@@ -115,7 +115,7 @@ def ema_rate(ema_cfg, step, total_steps: int):
 
 
 def ema_update(target: dict, online_params, tau) -> dict:
-  """target ← τ·target + (1 - τ)·online, on the params only (the target keeps its own batch statistics)."""
+  """target ← τ·target + (1 - τ)·online, on the params only (the target keeps its batch statistics)."""
   params = jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, target['params'], online_params)
   return {**target, 'params': params}
 
