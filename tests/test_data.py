@@ -348,3 +348,13 @@ def test_image_folder_host_crops(tmp_path):
   evals = list(data.get_source(cfg, split='train', train=False).eval_batches(global_batch_size=8))
   assert [b['image'].shape for b in evals] == [(8, 16, 16, 3)] * 2
   assert [b['mask'].sum() for b in evals] == [8, 4]
+
+
+def test_image_folder_crops_do_not_depend_on_where_the_folder_lives(tmp_path):
+  batches = []
+  for place in ('here', 'there/deeper'):
+    _write_image_folder(tmp_path / place)
+    cfg = _cfg(name='image_folder', root=str(tmp_path / place), image_size=16, crop_scale=(0.1, 0.3))
+    src = data.get_source(cfg, split='train', train=True, num_views=2)
+    batches.append(_take(src.train_batches(global_batch_size=4, seed=0), 2))
+  _same_batches(*batches)

@@ -211,7 +211,11 @@ class TfdsSource:
     def tidy(ex):
       out = {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)}
       if self.host_crop is not None:
-        example_id = ex['image/filename'] if self.name == 'image_folder' else ex['tfds_id']
+        if self.name == 'image_folder':
+          # <split>/<class>/<file>, relative to data.root: the crops must not depend on where the folder lives.
+          example_id = tf.strings.regex_replace(ex['image/filename'], r'^.*/([^/]+/[^/]+/[^/]+)$', r'\1')
+        else:
+          example_id = ex['tfds_id']
         out['key'] = tf.strings.to_hash_bucket_fast(example_id, 2**62)
       return out
 
