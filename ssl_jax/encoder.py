@@ -97,7 +97,7 @@ def build_from_checkpoint(path):
     kernel = kernel.get(key, {}) if isinstance(kernel, dict) else {}
   if not hasattr(kernel, 'shape'):
     raise UserError(f'the checkpoint at {step_dir} holds no encoder stem; it is not an ssl_jax encoder')
-  method = methods.get_method(config.method)
+  method = methods.get_method(config)
   # The stem kernel is (kh, kw, in_channels, out): the channels the model was trained on.
   model = method.build_model(config, in_channels=int(kernel.shape[-2]), rngs=nnx.Rngs(config.seed))
   params, batch_stats = nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat)

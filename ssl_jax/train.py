@@ -100,12 +100,13 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, tot
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     ctx = methods.StepContext(config=config, resolution=resolution, step=state.step, total_steps=total_steps,
                               extra=state.extra)
+    views = method.make_views(key, batch, ctx)
 
     def loss_of(params):
       # Rebuilt inside this trace: NNX lets a module update only the BatchStats created at its trace level.
       batch_stats = jax.tree.map(lambda x: x, state.batch_stats)
       model = nnx.merge(graphdef, params, batch_stats)
-      loss, (metrics, extra, features) = method.loss_fn(model, batch, key, ctx)
+      loss, (metrics, extra, features) = method.loss_fn(model, views, batch, key, ctx)
       return loss, (metrics, extra, features, nnx.state(model, nnx.BatchStat))
 
     (loss, (metrics, extra, features, batch_stats)), grads = jax.value_and_grad(
@@ -192,7 +193,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   sharding.maybe_initialize_distributed(config.distributed)
   mesh = sharding.make_mesh(devices)
   _validate(config, mesh)
-  method = methods.get_method(config.method)
+  method = methods.get_method(config)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   ckpt.check_compatible(config)
 

@@ -52,7 +52,7 @@ def test_loads_the_trained_weights_and_embeds_like_the_model(workdir, encoder):
   want = model.features(jax.numpy.asarray(x, np.float32) / 255.0, train=False)
   np.testing.assert_allclose(encoder.embed(x), want, rtol=1e-5, atol=1e-5)
   # ... which are not those of the random initialisation the run started from.
-  init = methods.get_method('simclr').build_model(encoder.config, in_channels=3,
+  init = methods.get_method(encoder.config).build_model(encoder.config, in_channels=3,
                                                  rngs=nnx.Rngs(encoder.config.seed))
   assert np.abs(np.asarray(init.features(x / 255.0, train=False)) - encoder.embed(x)).max() > 1e-3
 

@@ -110,7 +110,8 @@ def test_target_receives_no_gradient_and_updates_its_batch_stats(byol_setup):
   def loss_of(target_params):
     m = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, stats))
     c = dataclasses.replace(ctx, extra={'target': {**extra['target'], 'params': target_params}})
-    loss, (_, new_extra, _) = byol.loss_fn(m, batch, jax.random.key(1), c)
+    views = byol.make_views(jax.random.key(1), batch, c)
+    loss, (_, new_extra, _) = byol.loss_fn(m, views, batch, jax.random.key(1), c)
     return loss, new_extra
 
   grads, new_extra = jax.jit(jax.grad(loss_of, has_aux=True))(extra['target']['params'])

@@ -46,9 +46,10 @@ def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: boo
   return TwoBranchModel(online, head)
 
 
-def two_views(key, images, config, resolution: int):
+def two_views(key, batch, ctx):
   """Views (B, 2, R, R, C): view 1 drawn from `config.augment`, view 2 from `config.augment2`."""
-  return augment.make_views(key, images, [config.augment, config.augment2], resolution)
+  config = ctx.config
+  return augment.make_views(key, batch['image'], [config.augment, config.augment2], ctx.resolution)
 
 
 def flatten_views(views):

@@ -29,9 +29,11 @@ def init_extra(model, config):
   return {'target': _momentum.init_target(model.online)}
 
 
-def loss_fn(model, batch, key, ctx):
+make_views = _momentum.two_views
+
+
+def loss_fn(model, views, batch, key, ctx):
   """Both views through the online net (one pass) and the target net (one pass); the symmetric BYOL loss."""
-  views = _momentum.two_views(key, batch['image'], ctx.config, ctx.resolution)
   b = views.shape[0]
   x = _momentum.flatten_views(views)
   z_online, h = model.online(x, train=True, return_features=True)

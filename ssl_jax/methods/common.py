@@ -49,9 +49,10 @@ def build_encoder_projector(config, *, in_channels: int, rngs: nnx.Rngs) -> Enco
   return EncoderProjector(encoder, projector, mean, std)
 
 
-def make_views(key, images, config, resolution: int, num_views: int):
-  """`num_views` augmented views (B, V, R, R, C) in [0, 1], all drawn from `config.augment`."""
-  return augment.make_views(key, images, [config.augment] * num_views, resolution)
+def make_views(key, batch, ctx):
+  """`config.num_views` augmented views (B, V, R, R, C) in [0, 1], all drawn from `config.augment`."""
+  config = ctx.config
+  return augment.make_views(key, batch['image'], [config.augment] * config.num_views, ctx.resolution)
 
 
 def project_views(model, views):
@@ -74,11 +75,9 @@ def contrastive_metrics(z) -> dict:
   return jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
 
 
-def contrastive_loss_fn(model, batch, key, ctx, *, use_labels: bool):
-  """The SimCLR / SupCon step: views -> one forward pass -> `losses.contrastive_loss`."""
-  config = ctx.config
-  views = make_views(key, batch['image'], config, ctx.resolution, config.num_views)
+def contrastive_loss_fn(model, views, batch, key, ctx, *, use_labels: bool):
+  """The SimCLR / SupCon step: all views in one forward pass -> `losses.contrastive_loss`."""
   z, h = project_views(model, views)
   labels = batch['label'] if use_labels else None
-  loss = losses.contrastive_loss(z, labels, temperature=config.loss.temperature)
+  loss = losses.contrastive_loss(z, labels, temperature=ctx.config.loss.temperature)
   return loss, (contrastive_metrics(z), ctx.extra, h[:, 0])

@@ -57,11 +57,15 @@ def enqueue(queue, ptr, keys):
   return queue, (ptr + keys.shape[0]) % queue.shape[0]
 
 
-def loss_fn(model, batch, key, ctx):
+def make_views(key, batch, ctx):
+  """The two views, from the first half of the step key (the second shuffles the key batch)."""
+  return _momentum.two_views(jax.random.split(key)[0], batch, ctx)
+
+
+def loss_fn(model, views, batch, key, ctx):
   """Queries of view 1, keys of view 2 from the key encoder (shuffled BN), InfoNCE, then the enqueue."""
   config, extra = ctx.config, ctx.extra
-  view_key, shuffle_key = jax.random.split(key)
-  views = _momentum.two_views(view_key, batch['image'], config, ctx.resolution)
+  shuffle_key = jax.random.split(key)[1]
   q, h = model.online(views[:, 0], train=True, return_features=True)
   permutation = None
   if config.moco.shuffle_bn:

@@ -21,9 +21,11 @@ def num_views(config):
   return 2
 
 
-def loss_fn(model, batch, key, ctx):
+make_views = _momentum.two_views
+
+
+def loss_fn(model, views, batch, key, ctx):
   """Projections and predictions of both views from one pass; the symmetric stop-gradient loss."""
-  views = _momentum.two_views(key, batch['image'], ctx.config, ctx.resolution)
   b = views.shape[0]
   z, h = model.online(_momentum.flatten_views(views), train=True, return_features=True)
   p = model.predictor(z, train=True).reshape(b, 2, -1)

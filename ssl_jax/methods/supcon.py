@@ -9,4 +9,5 @@ import functools
 from ssl_jax.methods import common
 
 build_model = common.build_encoder_projector
+make_views = common.make_views
 loss_fn = functools.partial(common.contrastive_loss_fn, use_labels=True)
