@@ -24,6 +24,13 @@ def tiny_synthetic(get_config=simclr_cifar10.get_config, steps: int = 3):
   return c
 
 
+def shared_synthetic():
+  """The trainer tests' common run: 6 steps with ghost BatchNorm groups of 4, one compiled step for all."""
+  c = tiny_synthetic(steps=6)
+  c.model.bn_group_size = 4
+  return c
+
+
 def checkpoints(workdir) -> dict:
   """{step: restored train state (nested dicts of numpy arrays)} for every checkpoint in `workdir`."""
   with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as mgr:
