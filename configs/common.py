@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.eval_every_steps = 0        # 0: evaluate only at the end
-  c.resolution_stages = ()      # ((first_step, image_size), ...): multi-resolution runs; () = data.image_size
+  # Stages of training, e.g. ({'image_size': 112, 'epochs': 200}, {'image_size': 224, 'epochs': 50}): each
+  # with its view size, length and optimizer changes (ssl_jax/stages.py); () = one stage of data.image_size.
+  c.stages = ()
   c.distributed = False         # call jax.distributed.initialize() (multi-host)
 
   c.model = ml_collections.ConfigDict(dict(
@@ -45,16 +47,43 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name='cifar10', data_dir='', root='', train_split='train', eval_split='test', image_size=32,
       crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),  # host crops (variable-size datasets only)
-      shuffle_buffer=50_000, synthetic_examples=1024, synthetic_shape=(32, 32, 3), synthetic_classes=10))
+      shuffle_buffer=50_000, synthetic_examples=1024, synthetic_shape=(32, 32, 3), synthetic_classes=10,
+      # Small data: N random train examples, or n of every class, fixed by subset_seed (0 = whole split).
+      subset_num=0, subset_per_class=0, subset_seed=0))
 
   c.augment = augment.default_config()
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name='lars', base_lr=0.3, lr_scaling='linear', base_batch_size=256, warmup_epochs=10.0,
       end_lr_factor=0.0, momentum=0.9, nesterov=False, weight_decay=1e-6, exclude_bias_and_norm=True,
-      trust_coefficient=1e-3, b1=0.9, b2=0.999))
+      trust_coefficient=1e-3, b1=0.9, b2=0.999,
+      schedule='warmup_cosine', cosine_t_max_steps=0))  # ssl_jax/optim.py: 'periodic_cosine' is RepMix's
 
-  c.loss = ml_collections.ConfigDict(dict(temperature=0.2))
+  # reduction: 'mean_of_log' (NT-Xent / SupCon, -mean log p) or 'log_of_mean' (-log mean p: the RepMix code's
+  # form, two views and no labels; ssl_jax/losses.py nt_xent_log_of_mean).
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.2, reduction='mean_of_log'))
+
+  # Representation mixing (method 'repmix', Sharma et al., BDA 2024; ssl_jax/methods/repmix.py): projections
+  # mixed as λ·g(f(clean)) + (1 - λ)·g(f(augmented)); λ = mix_weight (0.5: the paper's plain sum, up to a
+  # scale the cosine ignores), or, with mix_beta_alpha > 0, λ ~ Beta(α, α) drawn per anchor (our extension).
+  c.repmix = ml_collections.ConfigDict(dict(mix_weight=0.5, mix_beta_alpha=0.0))
+
+  # Rotation prediction as an auxiliary task (Addepalli et al., ECCV 2022; ssl_jax/methods/rotation.py): a
+  # rotated copy of views 1 and 2 (angle k·360/num_angles, k uniform per copy; num_angles 2, 4, 8 or 12), its
+  # own forward pass, a head (hidden_dim, 0 = its input width; BN, ReLU, one logit per angle) on the
+  # 'projector' output (the paper) or the 'backbone' feature (the official SwAV code);
+  # loss = framework loss + weight·(CE1 + CE2).
+  c.rotation = ml_collections.ConfigDict(dict(
+      enabled=False, weight=0.1, num_angles=4, head_on='projector', hidden_dim=0))
+
+  # Batch fusion (BA-SSL, our reading; ssl_jax/models/fusion.py): x + α·fuse(x) on each view's batch before
+  # the encoder, in pre-training only. Groups of group_size consecutive samples of the global batch;
+  # num_layers=0: no embedding layer (fusion off); gate 'learned' (α from gate_init) or 'schedule' (α rises
+  # to gate_max over the run); share_groups: both views use the same group partners (off by default: the loss
+  # can then be solved through the partners' content, see ssl_jax/methods/fusion.py); placement: 'input'.
+  c.fusion = ml_collections.ConfigDict(dict(
+      enabled=False, placement='input', patch_size=4, group_size=4, num_layers=2, width=128, kernel_size=3,
+      norm='layer', activation='gelu', gate='learned', gate_init=0.0, gate_max=1.0, share_groups=False))
 
   # Online linear probe on stop-gradient encoder features, trained in the same step (only when labelled).
   c.probe = ml_collections.ConfigDict(dict(enabled=True, lr=0.1, momentum=0.9, weight_decay=0.0))

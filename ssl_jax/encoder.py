@@ -21,7 +21,6 @@ from ssl_jax import methods
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import inference_features
 
-_STEM_KERNEL = ('params', 'encoder', 'stem_conv', 'kernel')
 
 
 def _step_dir(path: pathlib.Path) -> pathlib.Path:
@@ -82,6 +81,19 @@ def read_checkpoint(path) -> tuple[ml_collections.ConfigDict, dict, pathlib.Path
   return ml_collections.ConfigDict(config), _unwrap(dict(state)), step_dir
 
 
+def _stem_kernel(tree):
+  """The encoder's stem kernel in a params tree: at encoder/stem_conv/kernel, or inside a sub-model (the
+  online branch of BYOL, SimSiam and MoCo); None when there is none."""
+  if not isinstance(tree, dict):
+    return None
+  encoder = tree.get('encoder')
+  if isinstance(encoder, dict) and isinstance(encoder.get('stem_conv'), dict):
+    kernel = encoder['stem_conv'].get('kernel')
+    if hasattr(kernel, 'shape'):
+      return kernel
+  return next((k for k in map(_stem_kernel, tree.values()) if k is not None), None)
+
+
 def build_from_checkpoint(path):
   """The saved model, rebuilt from its config and filled with the checkpoint's params and batch stats.
 
@@ -92,10 +104,8 @@ def build_from_checkpoint(path):
     (config, model): the ConfigDict and the method's nnx model (encoder, heads, input normalisation).
   """
   config, state, step_dir = read_checkpoint(path)
-  kernel = state
-  for key in _STEM_KERNEL:
-    kernel = kernel.get(key, {}) if isinstance(kernel, dict) else {}
-  if not hasattr(kernel, 'shape'):
+  kernel = _stem_kernel(state['params'])
+  if kernel is None:
     raise UserError(f'the checkpoint at {step_dir} holds no encoder stem; it is not an ssl_jax encoder')
   method = methods.get_method(config)
   # The stem kernel is (kh, kw, in_channels, out): the channels the model was trained on.

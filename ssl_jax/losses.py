@@ -120,3 +120,119 @@ def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: f
   """
   logits = moco_logits(q, k, queue, temperature=temperature)
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
+
+
+def selfcon_loss(features: jax.Array, labels: jax.Array | None = None, *, temperature: float,
+                 anchor_views: tuple[int, ...] | None = None,
+                 base_temperature: float | None = None) -> jax.Array:
+  """SupCon-style loss over the exits and views of every image, with a choice of anchors (SelfCon).
+
+  Each example has V vectors (SelfCon: one per exit of the multi-exit network, times the views). Anchors are
+  the vectors of the views listed in `anchor_views` (all by default); for an anchor the softmax runs over all
+  other B·V - 1 vectors, and its positives are the other vectors of the same example (no labels) or of every
+  example with the same label (labels). The anchor's loss is the mean over its positives of -log softmax; the
+  result is the mean over the anchors that have a positive (a SupCon-S anchor whose label appears once in a
+  single-view batch is left out instead of giving NaN; 0 if none has one). With every view an anchor this is
+  `contrastive_loss`; SelfCon's alpha variants make only the sub-network exits anchors (Bae et al., AAAI 2023,
+  official code `ConLoss(selfcon_s_FG=True)`), while every vector stays in the denominator.
+
+  Args:
+    features: (B, V, D) projections; L2-normalised here.
+    labels: optional (B,) integer class labels.
+    temperature: softmax temperature τ.
+    anchor_views: static indices into V of the anchor vectors; None makes all V anchors.
+    base_temperature: when given, the loss is multiplied by τ / base_temperature, the scaling that SupCon's
+      and SelfCon's official code apply (base 0.07).
+
+  Returns:
+    Scalar float32 loss.
+
+  Example:
+    >>> z = jax.random.normal(jax.random.key(0), (4, 2, 8))  # 4 images, (sub-network, backbone) exits
+    >>> selfcon_loss(z, jnp.array([0, 1, 0, 2]), temperature=0.1, anchor_views=(0,)).shape
+    ()
+  """
+  b, v, d = features.shape
+  anchor_views = tuple(range(v)) if anchor_views is None else tuple(int(i) for i in anchor_views)
+  repeated = len(set(anchor_views)) < len(anchor_views)
+  if not anchor_views or repeated or not all(0 <= i < v for i in anchor_views):
+    raise ValueError(f'anchor_views={anchor_views} must be distinct indices into the {v} views')
+  # View-major rows: row i·B + n is view i of example n, so each anchor view is one contiguous slice.
+  z = l2_normalize(jnp.swapaxes(features, 0, 1).reshape(v * b, d))
+  ids = jnp.tile(jnp.arange(b) if labels is None else labels, v)
+  anchors = jnp.concatenate([z[i * b:(i + 1) * b] for i in anchor_views])
+  rows = jnp.concatenate([jnp.arange(b) + i * b for i in anchor_views])
+  anchor_ids = ids[rows]
+
+  logits = jnp.matmul(anchors, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
+  is_self = rows[:, None] == jnp.arange(v * b)[None, :]
+  logits = jnp.where(is_self, _SELF_LOGIT, logits)
+  log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
+
+  positive = (anchor_ids[:, None] == ids[None, :]) & ~is_self
+  num_pos = positive.sum(axis=1)
+  mean_log_prob_pos = jnp.where(positive, log_prob, 0.0).sum(axis=1) / jnp.maximum(num_pos, 1)
+  has_pos = num_pos > 0
+  loss = -jnp.where(has_pos, mean_log_prob_pos, 0.0).sum() / jnp.maximum(has_pos.sum(), 1)
+  return loss * (temperature / base_temperature) if base_temperature else loss
+
+
+def nt_xent_log_of_mean(features: jax.Array, *, temperature: float) -> jax.Array:
+  """NT-Xent with the mean over anchors taken inside the log: -log((1/N) Σ_j p_j), N = 2B.
+
+  The loss of the official RepMix code (Sharma et al., BDA 2024, `Loss/loss.py`), which it also uses for its
+  SimCLR baseline. p_j is the softmax probability anchor j gives its positive, exactly as in NT-Xent: cosine
+  similarities over τ, the softmax over every other row (self excluded, the positive included). Standard
+  NT-Xent (`contrastive_loss` with V = 2) is -(1/N) Σ_j log p_j instead; by Jensen this form is never larger,
+  and its gradient weights anchor j by p_j / Σ_k p_k, so anchors that already find their positive count more.
+  The official code removes self-similarity by subtracting exp(1/τ) from each column sum, assuming
+  cos(z_j, z_j) = 1 exactly; masking the diagonal here is that computation without the rounding.
+
+  Args:
+    features: (B, 2, D) projections; row (i, 0) and row (i, 1) are each other's positive, every other row
+      is a negative. L2-normalised here.
+    temperature: softmax temperature τ (0.5 in the RepMix code).
+
+  Returns:
+    Scalar float32 loss.
+
+  Example:
+    >>> z = jax.random.normal(jax.random.key(0), (4, 2, 8))
+    >>> bool(nt_xent_log_of_mean(z, temperature=0.5) <= contrastive_loss(z, temperature=0.5))
+    True
+  """
+  b, v, d = features.shape
+  if v != 2:
+    raise ValueError(f'nt_xent_log_of_mean takes exactly two rows per example, got features of shape '
+                     f'{features.shape}')
+  # Example-major rows (2i + k is row k of example i, its positive is row (2i + k) XOR 1): the rows of an
+  # example stay on the device that holds it.
+  z = l2_normalize(features.reshape(2 * b, d))
+  logits = jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
+  logits = jnp.where(jnp.eye(2 * b, dtype=bool), _SELF_LOGIT, logits)
+  positive = jnp.arange(2 * b) ^ 1
+  log_p = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0] - jax.nn.logsumexp(logits, axis=1)
+  return -(jax.nn.logsumexp(log_p) - jnp.log(2.0 * b))
+
+
+def rotation_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy of rotation logits against the drawn angle labels.
+
+  The auxiliary loss of Addepalli et al., "Towards Efficient and Effective Self-Supervised Learning of Visual
+  Representations" (ECCV 2022): a head predicts which of the angle set's rotations was applied to an image
+  (RotNet's task, Gidaris et al., 2018). One call per rotated view; the caller sums the views' terms.
+
+  Args:
+    logits: (B, A) logits over the A angles of the set.
+    labels: (B,) integer angle labels in [0, A).
+
+  Returns:
+    Scalar float32, the mean over the batch of -log softmax(logits)[label]; log(A) at chance.
+
+  Example:
+    >>> rotation_cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))  # log(4)
+    Array(1.3862944, dtype=float32)
+  """
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked)

@@ -84,16 +84,32 @@ def plot_runs(workdirs, out_path) -> pathlib.Path:
   runs = {pathlib.Path(w).name: read_metrics(w) for w in workdirs}
   keys = [k for k in CURVES if any(k in r for records in runs.values() for r in records)] or ['loss']
   axes_x = ['step'] + (['time'] if any(_series(rs, k, 'time') for rs in runs.values() for k in keys) else [])
-  fig, axes = plt.subplots(len(axes_x), len(keys), figsize=(4.5 * len(keys), 3.2 * len(axes_x)),
-                           squeeze=False)
-  for row, x in zip(axes, axes_x):
-    for ax, key in zip(row, keys):
-      for name, records in runs.items():
-        points = _series(records, key, x)
+  rows = [[(key, 'step' if x == 'step' else 'wall-clock (s)',
+            {name: _series(records, key, x) for name, records in runs.items()}) for key in keys]
+          for x in axes_x]
+  return plot_panels(rows, out_path)
+
+
+def plot_panels(rows, out_path) -> pathlib.Path:
+  """A grid of line plots: each panel draws several labelled curves.
+
+  Args:
+    rows: the figure's rows, each a list of panels (title, x label, {curve label: [(x, y), ...]}); empty
+      curves are left out.
+    out_path: the PNG to write.
+
+  Returns:
+    out_path.
+  """
+  ncols = max(len(row) for row in rows)
+  fig, axes = plt.subplots(len(rows), ncols, figsize=(4.5 * ncols, 3.2 * len(rows)), squeeze=False)
+  for row, panels in zip(axes, rows):
+    for ax, (title, xlabel, curves) in zip(row, panels):
+      for label, points in curves.items():
         if points:
-          ax.plot(*zip(*points), marker='.' if len(points) < 30 else None, label=name)
-      ax.set_xlabel('step' if x == 'step' else 'wall-clock (s)')
-      ax.set_title(key)
+          ax.plot(*zip(*points), marker='.' if len(points) < 30 else None, label=label)
+      ax.set_xlabel(xlabel)
+      ax.set_title(title)
       ax.grid(alpha=0.3)
       if ax.has_data():
         ax.legend(fontsize='small')

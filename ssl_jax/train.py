@@ -7,6 +7,7 @@ Methods plug in through `ssl_jax.methods` (found by `config.method`); everything
 in the config.
 """
 import dataclasses
+import functools
 import json
 import pathlib
 import signal
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import checkpoint, data, methods, optim, report, sharding
+from ssl_jax import checkpoint, data, methods, optim, report, sharding, stages
 from ssl_jax.errors import NonFiniteLoss, Preempted, UserError
 from ssl_jax.evaluate import frozen, online_probe
 from ssl_jax.metrics import MetricWriter
@@ -46,7 +47,8 @@ def _validate(config, mesh) -> None:
   if group < 0 or (group and config.batch_size % group):
     raise UserError(f'batch_size={config.batch_size} is not divisible by model.bn_group_size={group}; '
                     'pick a group size that divides the batch (0 = BatchNorm over the whole batch)')
-  if config.total_steps < 0 or (config.total_steps == 0 and config.total_epochs <= 0):
+  stages.check(config)
+  if config.total_steps < 0 or (not config.stages and config.total_steps == 0 and config.total_epochs <= 0):
     raise UserError('the run has no steps: set --config.total_steps or --config.total_epochs to a positive '
                     'value')
   for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
@@ -54,25 +56,11 @@ def _validate(config, mesh) -> None:
       raise UserError(f'{name}={config[name]} must be positive')
 
 
-def resolution_schedule(config):
-  """Step -> view resolution: `data.image_size` throughout, or the stages of `resolution_stages`.
-
-  `resolution_stages` is a tuple of (first_step, image_size) pairs starting at step 0, e.g.
-  ((0, 56), (800, 112)): each stage trains on views of its size, with one compiled step per size.
-  """
-  stages = tuple(tuple(s) for s in config.resolution_stages) or ((0, config.data.image_size),)
-  firsts = [first for first, _ in stages]
-  if firsts[0] != 0 or firsts != sorted(set(firsts)):
-    raise UserError(f'resolution_stages={stages} must start at step 0 with increasing first steps, '
-                    'e.g. ((0, 56), (800, 112))')
-  return lambda step: [size for first, size in stages if first <= step][-1], [size for _, size in stages]
-
-
 def _check_resolution(model, config, sizes) -> None:
   smallest = model.encoder.min_input_size
   if min(sizes) < smallest:
     raise UserError(f'image size {min(sizes)} is too small for {config.model.name} with '
-                    f'{config.model.stem!r} stem; use at least {smallest} (data.image_size, resolution_stages) '
+                    f'{config.model.stem!r} stem; use at least {smallest} (data.image_size, stages) '
                     'or fewer model.num_stages')
 
 
@@ -164,7 +152,9 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
       if logging_now:
         _log(pending, writer, image_size=resolution_at(step))
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
-        writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
+        scores = evaluator.knn(state.params, state.batch_stats)
+        # The protocol text goes to results.json at the end; metrics.jsonl holds numbers only.
+        writer.write(done, {k: v for k, v in scores.items() if not isinstance(v, str)}, console=False)
       if saving:
         ckpt.save(done, state, config)
       if stopping and done < total_steps:
@@ -198,19 +188,23 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   ckpt.check_compatible(config)
 
   # Input pipeline.
-  train_source = data.get_source(config.data, split=config.data.train_split, train=True,
-                                 num_views=method.num_views(config))
+  # One source per view resolution: variable-size data are cropped on the host at each stage's size.
+  source_for = functools.cache(lambda size: data.get_source(
+      config.data, split=config.data.train_split, train=True, num_views=method.num_views(config),
+      image_size=size))
+  train_source = source_for(stages.image_sizes(config)[0])
   steps_per_epoch = train_source.steps_per_epoch(config.batch_size)
-  total_steps = config.total_steps or max(int(config.total_epochs * steps_per_epoch), 1)
+  run_plan = stages.plan(config, steps_per_epoch)
+  total_steps, resolution_at = run_plan.total_steps, run_plan.image_size_at
   in_channels = train_source.image_shape[-1] if train_source.image_shape else 3
 
   # Model, optimizer, method.
   model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
-  resolution_at, sizes = resolution_schedule(config)
-  _check_resolution(model, config, sizes)
+  _check_resolution(model, config, stages.image_sizes(config))
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  tx, schedule = optim.create_optimizer(config.optimizer, batch_size=config.batch_size,
-                                        total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  # One optimizer (and learning-rate schedule) per segment of stages that restart it (ssl_jax/stages.py).
+  tx, schedule = optim.create_staged_optimizer(run_plan.optimizer_segments(), batch_size=config.batch_size,
+                                               steps_per_epoch=steps_per_epoch)
   probe, probe_tx = {}, None
   if config.probe.enabled and train_source.num_classes > 1:  # on whenever the training data have labels
     probe, probe_tx = online_probe.create(model.encoder.out_dim, train_source.num_classes, config.probe,
@@ -248,9 +242,10 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json(indent=2))
   writer = MetricWriter(workdir, total_steps=total_steps, batch_size=config.batch_size, start_step=start_step)
-  batches = train_source.train_batches(global_batch_size=config.batch_size, seed=config.seed,
-                                       start_step=start_step, process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+  batches = stages.stage_batches(run_plan, source_for, start_step=start_step,
+                                 global_batch_size=config.batch_size, seed=config.seed,
+                                 process_index=jax.process_index(), process_count=jax.process_count(),
+                                 partners=method.needs_partners(config))
   started = time.perf_counter()
   try:
     state = _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps)

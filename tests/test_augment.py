@@ -66,7 +66,8 @@ FULL = _cfg(blur_prob=0.5, solarize_prob=0.2)
 OFF = ml_collections.ConfigDict(dict(
     crop=False, crop_scale=(0.08, 1.0), crop_ratio=(0.75, 1.25), flip_prob=0.0, jitter_prob=0.0,
     brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.0,
-    blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1, solarize_prob=0.0, solarize_threshold=0.5))
+    blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1, fixed_blur_sigma=(0.0, 0.0), solarize_prob=0.0,
+    solarize_threshold=0.5))
 CROP_ONLY = _cfg(**{k: v for k, v in OFF.items() if k != "crop"})
 CROP_FLIP = _cfg(**{k: v for k, v in OFF.items() if k not in ("crop", "flip_prob")})
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import byol_cifar10, moco_cifar10, moco_cub200, simsiam_cifar10
+from configs import byol_cifar10, moco_cifar10, simsiam_cifar10
 from ssl_jax import losses, methods, train
 from ssl_jax.errors import UserError
 from ssl_jax.methods import _momentum, byol, moco
@@ -197,22 +197,3 @@ def test_moco_queue_is_fifo_across_steps_and_exact_across_resume(tmp_path, monke
   assert jax.tree.structure(resumed) == jax.tree.structure(states[4])
   for a, b in zip(jax.tree.leaves(states[4]), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)  # bitwise
-
-
-def _fake_cub(self, *args, **kwargs):
-  """64 JPEGs of random sizes: tfds's own mock of caltech_birds2011 fails on its random (unordered) bboxes."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  images = [tf.io.encode_jpeg(rng.integers(0, 256, (rng.integers(36, 60), rng.integers(36, 60), 3), np.uint8))
-            for _ in range(64)]
-  return tf.data.Dataset.from_tensor_slices({'image': tf.stack(images), 'label': np.arange(64) % 200,
-                                             'tfds_id': [f'cub-{i}' for i in range(64)]})
-
-
-def test_cub_runlocal_config_trains_end_to_end(tmp_path):
-  c = moco_cub200.get_config('runlocal')
-  c.eval.compare_random_init = False
-  with tfds.testing.mock_data(data_dir=str(tmp_path / 'tfds'), as_dataset_fn=_fake_cub):
-    results = train.train_and_evaluate(c, tmp_path / 'run')
-  assert np.isfinite(_losses(tmp_path / 'run')).all()
-  assert 0.0 <= results['knn_top1'] <= 1.0 and 0.0 <= results['linear_top1'] <= 1.0

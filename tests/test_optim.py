@@ -14,7 +14,7 @@ from ssl_jax.errors import UserError
 def _cfg(**kw):
   base = dict(name='sgd', base_lr=0.3, lr_scaling='linear', base_batch_size=256, warmup_epochs=2.0,
               end_lr_factor=0.0, momentum=0.9, nesterov=False, weight_decay=0.1, exclude_bias_and_norm=True,
-              trust_coefficient=1e-3, b1=0.9, b2=0.999)
+              trust_coefficient=1e-3, b1=0.9, b2=0.999, schedule='warmup_cosine', cosine_t_max_steps=0)
   return ml_collections.ConfigDict({**base, **kw})
 
 

@@ -118,10 +118,11 @@ print('ok')
   assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-2000:]
 
 
-def test_resolution_stages_compile_one_step_per_size_and_resume(tmp_path):
-  c = _synthetic(steps=4)
+def test_stages_compile_one_step_per_size(tmp_path):
+  c = _synthetic(steps=0)
   c.data.synthetic_shape = (24, 24, 3)
-  c.resolution_stages = ((0, 16), (2, 24))
+  # The second stage continues the first one's optimizer: a resolution change only (tests/test_s3l.py has more).
+  c.stages = ({'image_size': 16, 'steps': 2}, {'image_size': 24, 'steps': 2, 'restart_optimizer': False})
   c.checkpoint_every_steps = 2
   train.train_and_evaluate(c, tmp_path / 'run')
   records = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]

@@ -9,20 +9,29 @@ Datasets (DATASET_NAMES):
   cifar10, cifar100, stl10 (split 'unlabelled' for pretraining; its labels are -1)
   imagenet2012  manual download; imagenet100 (CMC's 100 classes of it, labels 0..99 in imagenet100.txt order)
   caltech_birds2011  CUB-200-2011 (5,994 train / 5,794 test, variable size)
-  image_folder  `<data.root>/<split>/<class>/<image>` files
+  cars196, oxford_flowers102, oxford_iiit_pet  Stanford Cars, Flowers-102, Oxford-IIIT Pets (variable size)
+  imagenet_resized/8x8, /16x16, /32x32, /64x64  downsampled ImageNet (Chrabaszcz et al., 2017), fixed size
+  image_folder  `<data.root>/<split>/<class>/<image>` files (e.g. FGVC-Aircraft: ssl_jax/data/aircraft.py)
   synthetic     random images, no data and no TensorFlow needed
 and any name registered with `register_memory_dataset`.
+
+Small data: `data.subset_num` = N keeps N random examples of `data.train_split`, `data.subset_per_class` = n
+keeps n random examples of every class (exclusive), chosen by `data.subset_seed` (`sources.subset_indices`),
+wherever the run reads its train split (training, the kNN bank, probes, fine-tuning); the eval split is whole.
 """
 import zlib
 
 import numpy as np
 
-from ssl_jax.data.sources import InMemorySource, SyntheticSource, subset_indices  # noqa: F401
+from ssl_jax.data.sources import InMemorySource, SubsetSource, SyntheticSource, subset_indices  # noqa: F401
 from ssl_jax.errors import UserError
 
-TFDS_NAMES = ('digits', 'cifar10', 'cifar100', 'stl10', 'imagenet2012', 'imagenet100', 'caltech_birds2011',
-              'image_folder')
-VARIABLE_SIZE = ('imagenet2012', 'imagenet100', 'caltech_birds2011', 'image_folder')  # cropped on the host
+FINE_GRAINED = ('caltech_birds2011', 'cars196', 'oxford_flowers102', 'oxford_iiit_pet')
+IMAGENET_RESIZED = tuple(f'imagenet_resized/{s}x{s}' for s in (8, 16, 32, 64))
+TFDS_NAMES = ('digits', 'cifar10', 'cifar100', 'stl10', 'imagenet2012', 'imagenet100', *FINE_GRAINED,
+              *IMAGENET_RESIZED, 'image_folder')
+VARIABLE_SIZE = ('imagenet2012', 'imagenet100', *FINE_GRAINED, 'image_folder')  # cropped on the host
+HOST_CROPS = ('random_resized', 'resize_crop')
 DATASET_NAMES = TFDS_NAMES + ('synthetic',)
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -34,7 +43,7 @@ IMAGE_STATS = {
     'stl10': _IMAGENET,           # as solo-learn
     'imagenet2012': _IMAGENET,
     'imagenet100': _IMAGENET,
-    'caltech_birds2011': _IMAGENET,  # as S3L (torchvision's ImageNet statistics)
+    **{name: _IMAGENET for name in FINE_GRAINED + IMAGENET_RESIZED},  # as S3L (torchvision's ImageNet stats)
     'image_folder': _IMAGENET,
     # Computed over the 1497 train digits (pixels / 255) of digits.render_digits(); mostly black canvas.
     'digits': ((0.1553,), (0.2774,)),
@@ -67,41 +76,66 @@ def register_memory_dataset(name: str, images: np.ndarray, labels: np.ndarray, *
   return source
 
 
-def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1):
+def subset_spec(data_cfg, split: str) -> dict | None:
+  """{'num', 'per_class', 'seed'} of the subset `data_cfg` asks for on `split`, or None (the whole split).
+
+  Only `data_cfg.train_split` is subsetted. Configs saved before these fields existed have none.
+  """
+  num, per_class = int(getattr(data_cfg, 'subset_num', 0)), int(getattr(data_cfg, 'subset_per_class', 0))
+  if num < 0 or per_class < 0 or (num and per_class):
+    raise UserError(f'data.subset_num={num} and data.subset_per_class={per_class}: set at most one of them, '
+                    'to a positive number (0 = the whole split)')
+  if not (num or per_class) or split != data_cfg.train_split:
+    return None
+  seed = int(getattr(data_cfg, 'subset_seed', 0))
+  return {'num': num or None, 'per_class': per_class or None, 'seed': seed}
+
+
+def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1, image_size: int | None = None,
+               crop: str = 'random_resized'):
   """The source of one split of `data_cfg.name`.
 
   Args:
     data_cfg: the `config.data` ConfigDict (name, data_dir, root, image_size, crop_scale, crop_ratio,
-      shuffle_buffer, synthetic_examples, synthetic_shape, synthetic_classes).
+      shuffle_buffer, synthetic_examples, synthetic_shape, synthetic_classes, subset_num, subset_per_class,
+      subset_seed).
     split: split name, e.g. config.data.train_split.
     train: True for the source the trainer draws training batches from; variable-size data then makes
       `num_views` host crops per example. False for evaluation-only sources (one view).
     num_views: views per example for host-cropped training data.
+    image_size: side of the host crops of variable-size data; `data_cfg.image_size` when None.
+    crop: the host training crop (HOST_CROPS): 'random_resized' (scale `data_cfg.crop_scale`, ratio
+      `data_cfg.crop_ratio`) or 'resize_crop' (shorter side to S / 0.875, a random S x S window).
 
   Returns:
-    A source: InMemorySource, SyntheticSource or tfds_source.TfdsSource.
+    A source: InMemorySource, SyntheticSource, a subset of one (sources.SubsetSource) or
+    tfds_source.TfdsSource.
   """
-  name = data_cfg.name
+  name, subset = data_cfg.name, subset_spec(data_cfg, split)
   if name == 'synthetic':
     # A different, fixed set of images for each split.
-    return SyntheticSource(data_cfg.synthetic_examples, tuple(data_cfg.synthetic_shape),
-                           data_cfg.synthetic_classes, seed=zlib.crc32(split.encode()))
+    source = SyntheticSource(data_cfg.synthetic_examples, tuple(data_cfg.synthetic_shape),
+                             data_cfg.synthetic_classes, seed=zlib.crc32(split.encode()))
+    return SubsetSource(source, **subset) if subset else source
   if any(registered == name for registered, _ in _MEMORY_DATASETS):
     if (name, split) not in _MEMORY_DATASETS:
       splits = sorted(s for n, s in _MEMORY_DATASETS if n == name)
       raise UserError(f'in-memory dataset {name!r} has no split {split!r}; '
                       f'registered splits: {", ".join(splits)}')
-    return _MEMORY_DATASETS[(name, split)]
+    source = _MEMORY_DATASETS[(name, split)]
+    return SubsetSource(source, **subset) if subset else source
+  if crop not in HOST_CROPS:
+    raise UserError(f'host crop {crop!r} is unknown; use one of {", ".join(HOST_CROPS)}')
   if name not in TFDS_NAMES:
     registered = sorted({n for n, _ in _MEMORY_DATASETS})
     raise UserError(f'dataset {name!r} is unknown; use one of {", ".join(DATASET_NAMES + tuple(registered))}')
   from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (TensorFlow only from here)
   host_crop = None
   if name in VARIABLE_SIZE:
-    host_crop = dict(size=data_cfg.image_size, scale=tuple(data_cfg.crop_scale),
-                     ratio=tuple(data_cfg.crop_ratio), num_views=num_views if train else 1)
+    host_crop = dict(size=int(image_size or data_cfg.image_size), scale=tuple(data_cfg.crop_scale),
+                     ratio=tuple(data_cfg.crop_ratio), num_views=num_views if train else 1, mode=crop)
   return tfds_source.TfdsSource(name, split, data_dir=data_cfg.data_dir or None, root=data_cfg.root or None,
-                                host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer)
+                                host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer, subset=subset)
 
 
 def image_stats(name: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -35,7 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
   Returns:
     ConfigDict with the fields `augment_image` reads: crop, crop_scale, crop_ratio, flip_prob, jitter_prob,
     brightness, contrast, saturation, hue, grayscale_prob, blur_prob, blur_sigma, blur_kernel_frac,
-    solarize_prob, solarize_threshold.
+    fixed_blur_sigma, solarize_prob, solarize_threshold.
   """
   return ml_collections.ConfigDict(dict(
       crop=True, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),
@@ -43,6 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
       jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
       grayscale_prob=0.2,
       blur_prob=0.0, blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1,
+      fixed_blur_sigma=(0.0, 0.0),  # (vertical, horizontal) sigma of an always-on blur; 0 = none (RepMix)
       solarize_prob=0.0, solarize_threshold=0.5,
   ))
 
@@ -395,6 +396,38 @@ def gaussian_blur(key: jax.Array, image: jax.Array, prob, sigma: Sequence[float]
   return jnp.where(_coin(k_apply, prob), blurred, image)
 
 
+def _gaussian_taps(sigma: float, kernel_size: int) -> jax.Array:
+  taps = jnp.arange(kernel_size, dtype=jnp.float32) - kernel_size // 2
+  weights = jnp.exp(-0.5 * jnp.square(taps / sigma))
+  return weights / jnp.sum(weights)
+
+
+def fixed_gaussian_blur(image: jax.Array, sigma: Sequence[float], *, kernel_size: int) -> jax.Array:
+  """A deterministic, always-applied separable Gaussian blur with its own sigma per axis.
+
+  kornia's `GaussianBlur2d((k, k), (sigma_y, sigma_x))`, border 'reflect', which the RepMix code applies to
+  every augmented view with sigma (0.1, 2.0): a horizontal-only blur (at sigma 0.1 the vertical kernel's side
+  taps are below 1e-21). A sigma of 0 leaves that axis alone.
+
+  Args:
+    image: (H, W, C) image.
+    sigma: (vertical, horizontal) standard deviations in pixels, >= 0.
+    kernel_size: odd static kernel width of both axes; 1 is the identity.
+
+  Returns:
+    (H, W, C) image.
+  """
+  if kernel_size < 1 or kernel_size % 2 != 1:
+    raise UserError(f"fixed blur kernel_size={kernel_size} must be a positive odd integer; "
+                    "use e.g. 1, 3 or 9")
+  if len(sigma) != 2 or min(sigma) < 0:
+    raise UserError(f"fixed_blur_sigma={tuple(sigma)} must be two sigmas >= 0 (vertical, horizontal)")
+  for axis, s in enumerate(sigma):
+    if s > 0 and kernel_size > 1:
+      image = _correlate_axis(image, _gaussian_taps(float(s), kernel_size).astype(image.dtype), axis)
+  return image
+
+
 def solarize(key: jax.Array, image: jax.Array, prob, threshold=0.5) -> jax.Array:
   """Inverts every pixel >= threshold (x -> 1 - x), with probability `prob`.
 
@@ -421,6 +454,13 @@ def blur_kernel_size(kernel_frac: float, out_size: int) -> int:
   return max(3, 2 * round((kernel_frac * out_size - 1) / 2) + 1)
 
 
+def fixed_blur_kernel_size(kernel_frac: float, out_size: int) -> int:
+  """int(kernel_frac * out_size), minus 1 when even, at least 1: the RepMix code's rule (1 = none below 30 px
+  at 0.1; 3 at 32 px, 9 at 96, 21 at 224)."""
+  size = int(kernel_frac * out_size)
+  return max(1, size - 1 if size % 2 == 0 else size)
+
+
 def _augment(key: jax.Array, image: jax.Array, cfg: Any, out_size: int, crop: bool) -> jax.Array:
   k_crop, k_flip, k_jitter, k_gray, k_blur, k_solarize = jax.random.split(key, 6)
   if crop:
@@ -433,11 +473,14 @@ def _augment(key: jax.Array, image: jax.Array, cfg: Any, out_size: int, crop: bo
   image = random_grayscale(k_gray, image, cfg.grayscale_prob)
   image = gaussian_blur(k_blur, image, cfg.blur_prob, tuple(cfg.blur_sigma),
                         kernel_size=blur_kernel_size(cfg.blur_kernel_frac, out_size))
+  if any(s > 0 for s in cfg.fixed_blur_sigma):
+    image = fixed_gaussian_blur(image, tuple(cfg.fixed_blur_sigma),
+                                kernel_size=fixed_blur_kernel_size(cfg.blur_kernel_frac, out_size))
   return solarize(k_solarize, image, cfg.solarize_prob, cfg.solarize_threshold)
 
 
 def augment_image(key: jax.Array, image: jax.Array, cfg: Any, out_size: int) -> jax.Array:
-  """One view of one image: crop -> flip -> colour jitter -> grayscale -> blur -> solarize.
+  """One view of one image: crop -> flip -> colour jitter -> grayscale -> blur -> fixed blur -> solarize.
 
   Args:
     key: PRNG key.
@@ -544,3 +587,80 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
     raise UserError(f"normalize got mean {tuple(mean)} and std {tuple(std)} for {channels}-channel images; "
                     f"give {channels} values each")
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def rotate90(image: jax.Array, quarter_turns: jax.Array) -> jax.Array:
+  """`image` turned counter-clockwise by `quarter_turns` x 90 degrees, exactly as `np.rot90(image, k)`.
+
+  Unlike `jnp.rot90`, the number of turns may be traced (one per example under vmap): the result is chosen
+  elementwise from a transpose and two flips, so no branch is materialised four times.
+
+  Args:
+    image: (S, S, C) square image.
+    quarter_turns: int scalar (taken modulo 4).
+
+  Returns:
+    (S, S, C) image, a permutation of the input pixels.
+  """
+  k = jnp.asarray(quarter_turns, jnp.int32) % 4
+  # np.rot90: k=1 is transpose then flip rows, k=2 flips rows and columns, k=3 is transpose then flip columns.
+  out = jnp.where(k % 2 == 1, jnp.swapaxes(image, 0, 1), image)
+  out = jnp.where((k == 1) | (k == 2), out[::-1], out)
+  return jnp.where(k >= 2, out[:, ::-1], out)
+
+
+def rotate_bilinear(image: jax.Array, degrees: jax.Array, fill: float = 0.0) -> jax.Array:
+  """`image` rotated counter-clockwise by `degrees` about its centre, bilinear, `fill` outside the source.
+
+  The same as `scipy.ndimage.rotate(image, degrees, reshape=False, order=1, mode='grid-constant', cval=fill)`.
+
+  Args:
+    image: (S, S, C) float image.
+    degrees: float scalar (may be traced).
+    fill: value of output pixels whose source lies outside the image (the corners of a 45-degree turn).
+
+  Returns:
+    (S, S, C) float32 image.
+  """
+  size, _, channels = image.shape
+  theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+  centre = (size - 1) / 2.0
+  rows, cols, chans = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32),
+                                   jnp.arange(channels, dtype=jnp.float32), indexing='ij')
+  dr, dc = rows - centre, cols - centre
+  # The output pixel at offset (dr, dc) from the centre samples the source at that offset turned back by θ.
+  src_r = jnp.cos(theta) * dr + jnp.sin(theta) * dc + centre
+  src_c = -jnp.sin(theta) * dr + jnp.cos(theta) * dc + centre
+  return jax.scipy.ndimage.map_coordinates(image.astype(jnp.float32), [src_r, src_c, chans], order=1,
+                                           mode='constant', cval=fill)
+
+
+def rotate_by_label(images: jax.Array, labels: jax.Array, num_angles: int, fill: float = 0.0) -> jax.Array:
+  """Every image turned counter-clockwise by its label's angle, labels[...] x 360 / num_angles degrees.
+
+  Multiples of 90 degrees are exact pixel permutations (`rotate90`); the other angles of the 8- and 12-angle
+  sets (45, 30, 60 degrees past a quarter turn) add a bilinear rotation with `fill` in the corners, which
+  is only traced when the angle set needs it.
+
+  Args:
+    images: (*L, S, S, C) square images, where L = labels.shape (e.g. (B,) or (B, V)).
+    labels: int array of shape L, in [0, num_angles).
+    num_angles: size of the angle set; a divisor of 360.
+    fill: value of pixels a non-quarter turn brings in from outside the image.
+
+  Returns:
+    Array of the shape of `images`, float32 when a bilinear turn is needed, else the input dtype.
+  """
+  step = 360 // num_angles
+
+  def one(image, label):
+    degrees = label * step
+    out = rotate90(image, degrees // 90)
+    if step % 90:
+      out = rotate_bilinear(out, degrees % 90, fill)
+    return out
+
+  fn = one
+  for _ in range(labels.ndim):
+    fn = jax.vmap(fn)
+  return fn(images, labels)

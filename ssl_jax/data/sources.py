@@ -3,10 +3,16 @@
 Every source (these and `tfds_source.TfdsSource`) offers the same small interface:
 
   num_examples, num_classes, image_shape ((H, W, C), or None for variable-size data cropped on the host), name
-  train_batches(*, global_batch_size, seed, start_step=0, process_index=0, process_count=1)
+  train_batches(*, global_batch_size, seed, start_step=0, process_index=0, process_count=1, partners=False)
       an endless iterator of {'image': uint8 (B, H, W, C), 'label': int32 (B,)}, B = global // process_count.
       Epoch e visits the examples in an order fixed by (seed, e) and drops the last partial batch. Starting at
       `start_step` yields exactly what a fresh iterator yields from that step on (exact resume).
+      With `partners`, each batch also has 'partner' (like 'image'): for every anchor a partner drawn
+      uniformly from the whole split, independently of the anchor and of its batch, fresh every epoch. The
+      partners of epoch e are a second permutation of the split fixed by (seed, e) (`partner_seed`), so
+      every example is some anchor's partner exactly once per epoch. RepMix (Sharma et al., 2024) needs them;
+      its code draws each partner independently with replacement, which a sequential tf.data reader cannot,
+      and which gives each anchor the same uniform marginal.
   eval_batches(*, global_batch_size, process_index=0, process_count=1)
       one pass in a fixed order; the last batch is padded (zero images, label -1) and every batch carries a
       bool 'mask' that is True for real examples.
@@ -33,6 +39,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     A non-negative int below 2**63 (valid as a tf.data or numpy seed).
   """
   state = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0]
+  return int(state >> np.uint64(1))
+
+
+def partner_seed(seed: int, epoch: int) -> int:
+  """The seed of epoch `epoch`'s partner permutation: independent of `epoch_seed(seed, epoch)`."""
+  state = np.random.SeedSequence([seed % 2**64, epoch, 1]).generate_state(1, np.uint64)[0]
   return int(state >> np.uint64(1))
 
 
@@ -76,6 +88,12 @@ class _IndexedSource:
     """Images uint8 (len(indices), H, W, C) and labels int32 (len(indices),) of the given examples."""
     raise NotImplementedError
 
+  def all_labels(self) -> np.ndarray:
+    """int32 (num_examples,): every example's label, in index order."""
+    chunks = [self._gather(np.arange(i, min(i + 1024, self.num_examples)))[1]
+              for i in range(0, self.num_examples, 1024)]
+    return np.concatenate(chunks).astype(np.int32)
+
   def steps_per_epoch(self, global_batch_size: int) -> int:
     """Number of full global batches in one epoch (the remainder is dropped).
 
@@ -91,8 +109,12 @@ class _IndexedSource:
     """The permutation of all example indices that epoch `epoch` visits: int64 (num_examples,)."""
     return np.random.default_rng(epoch_seed(seed, epoch)).permutation(self.num_examples)
 
+  def partner_order(self, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s partners: the anchor at position p of `epoch_order` is paired with example [p]."""
+    return np.random.default_rng(partner_seed(seed, epoch)).permutation(self.num_examples)
+
   def train_batches(self, *, global_batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[dict]:
+                    process_count: int = 1, partners: bool = False) -> Iterator[dict]:
     """Endless training batches; see the module docstring for the contract.
 
     Args:
@@ -101,9 +123,10 @@ class _IndexedSource:
       start_step: the first step to produce (the number of steps already taken).
       process_index: this process's slice of each global batch.
       process_count: number of processes.
+      partners: also yield each anchor's random partner image ('partner', see `partner_order`).
 
     Returns:
-      An iterator of {'image': uint8 (B, H, W, C), 'label': int32 (B,)},
+      An iterator of {'image': uint8 (B, H, W, C), 'label': int32 (B,)} (and 'partner': uint8 (B, H, W, C)),
       B = global_batch_size // process_count.
     """
     local = local_batch_size(global_batch_size, process_count)
@@ -114,10 +137,14 @@ class _IndexedSource:
       epoch, offset = divmod(start_step, steps)
       while True:
         order = self.epoch_order(seed, epoch)
+        mates = self.partner_order(seed, epoch) if partners else None
         for step in range(offset, steps):
           start = step * global_batch_size + process_index * local
           images, labels = self._gather(order[start:start + local])
-          yield {'image': images, 'label': labels}
+          batch = {'image': images, 'label': labels}
+          if partners:
+            batch['partner'] = self._gather(mates[start:start + local])[0]
+          yield batch
         epoch, offset = epoch + 1, 0
 
     return batches()
@@ -179,6 +206,9 @@ class InMemorySource(_IndexedSource):
   def _gather(self, indices):
     return self.images[indices], self.labels[indices]
 
+  def all_labels(self) -> np.ndarray:
+    return self.labels
+
 
 class SyntheticSource(_IndexedSource):
   """Random uint8 images and labels, each a pure function of (seed, index): no data, no TensorFlow."""
@@ -210,6 +240,29 @@ class SyntheticSource(_IndexedSource):
     return images, labels
 
 
+class SubsetSource(_IndexedSource):
+  """A deterministic subset of another in-memory or synthetic source (`subset_indices`), as a source."""
+
+  def __init__(self, base: _IndexedSource, *, seed: int, num: int | None = None,
+               per_class: int | None = None):
+    """Chooses the subset (no images are copied).
+
+    Args:
+      base: the whole split.
+      seed: fixes the subset.
+      num: keep this many random examples (exclusive with per_class).
+      per_class: keep this many random examples of every class.
+    """
+    labels = base.all_labels() if per_class else None
+    self.base, self.indices = base, subset_indices(base.num_examples, labels, seed=seed, num=num,
+                                                    per_class=per_class)
+    self.num_examples, self.num_classes = len(self.indices), base.num_classes
+    self.image_shape, self.name = base.image_shape, base.name
+
+  def _gather(self, indices):
+    return self.base._gather(self.indices[indices])  # pylint: disable=protected-access
+
+
 def subset_indices(num_examples: int, labels: np.ndarray | None, *, seed: int, num: int | None = None,
                    per_class: int | None = None) -> np.ndarray:
   """A deterministic subset of a split: `num` examples at random, or `per_class` examples of every class.
@@ -232,6 +285,8 @@ def subset_indices(num_examples: int, labels: np.ndarray | None, *, seed: int, n
       raise UserError(f'subset of {num} examples asked from a split of {num_examples}; use 1..{num_examples}')
     return np.sort(order[:num])
   labels = np.asarray(labels)[order]
+  if not np.any(labels >= 0):
+    raise UserError('per-class subset of a split without labels; use a number of examples (num=) instead')
   chosen = []
   for c in np.unique(labels[labels >= 0]):
     of_class = order[labels == c]

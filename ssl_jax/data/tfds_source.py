@@ -14,10 +14,25 @@ Fixed-size datasets (cifar10, cifar100, stl10, digits) yield uint8 (B, H, W, C);
 Variable-size datasets (imagenet2012, imagenet100, image_folder) are cropped on the host: training yields
 `num_views` random-resized crops per example, uint8 (B, V, S, S, 3), decoding only the crop window of each
 JPEG; evaluation resizes the shorter side to S / 0.875 and takes the central S x S crop, uint8 (B, S, S, 3).
+The training crop is a random-resized crop (`host_crop['mode']` 'random_resized'), or 'resize_crop': the
+shorter side to S / 0.875 and a random S x S window (torchvision's Resize(256) + RandomCrop(224), the
+fine-tuning crop of S3L's code), cut from the image as one window and resized once.
+
+Subsets (`subset`, small-data runs): the chosen examples are found by their position in the split's fixed
+read order (for `per_class`, after one pass over the labels, cached as a .npy file beside the dataset), and
+every pass reads the whole split but decodes only the subset; training caches the subset's undecoded records
+in memory after the first epoch (when it has at most 100k examples), so later epochs read only those.
+
+Partners (`train_batches(partners=True)`, RepMix): a second, independently shuffled pass over the same
+records (seed `sources.partner_seed(seed, epoch)`) is zipped with the anchors, so each batch also carries
+'partner' images, and resuming skips both streams before decoding. With several processes each draws the
+partners from its own slice of the split. Host-cropped data then put the clean view (the evaluation crop)
+first: 'image' and 'partner' are uint8 (B, 1 + V, S, S, 3).
 """
 import functools
 import json
 import os
+import re
 
 from absl import logging
 import numpy as np
@@ -65,7 +80,8 @@ class TfdsSource:
   """A tfds split as a source (see `sources` for the interface)."""
 
   def __init__(self, name: str, split: str, *, data_dir: str | None = None, root: str | None = None,
-               host_crop: dict | None = None, shuffle_buffer: int = 50_000, threads: int = 2):
+               host_crop: dict | None = None, shuffle_buffer: int = 50_000, threads: int = 2,
+               subset: dict | None = None):
     """Opens the split; fails with a UserError when the dataset or the split is missing.
 
     Args:
@@ -73,10 +89,12 @@ class TfdsSource:
       split: a tfds split ('train', 'test', 'unlabelled', 'train[:10%]', ...); imagenet100 takes a plain name.
       data_dir: tfds data directory; `default_data_dir()` when None. 'digits' is prepared there on first use.
       root: folder of `<split>/<class>/<image>` files, for 'image_folder'.
-      host_crop: for variable-size data, dict(size, scale, ratio, num_views): the training crops (size also
-        sets the evaluation crop).
+      host_crop: for variable-size data, dict(size, scale, ratio, num_views, mode='random_resized'): the
+        training crops (size also sets the evaluation crop; mode 'resize_crop': see the module docstring).
       shuffle_buffer: shuffle buffer for splits larger than 100k examples (smaller ones are shuffled whole).
       threads: size of tf.data's private thread pool (the trainer and XLA need the other cores).
+      subset: dict(seed, num=None, per_class=None): only these examples of the split
+        (`sources.subset_indices`); None for all.
     """
     _tf()  # before tfds touches TensorFlow
     if name not in TFDS_NAMES:
@@ -99,6 +117,11 @@ class TfdsSource:
       self.num_examples = len(self._positions)
     else:
       self.num_examples = self._split_size(self._as_dataset(split), split)
+    self._subset = None
+    if subset:
+      labels = self._split_labels() if subset.get('per_class') else None
+      self._subset = sources.subset_indices(self.num_examples, labels, **subset)
+      self._split_examples, self.num_examples = self.num_examples, len(self._subset)
 
   # Opening the dataset.
 
@@ -190,6 +213,12 @@ class TfdsSource:
 
   def _records(self, process_index: int, process_count: int, drop_remainder: bool):
     """This process's undecoded examples {'image', 'label', ['key']} in a fixed order, and their count."""
+    if self._subset is not None:
+      return self._subset_records(process_index, process_count, drop_remainder)
+    return self._split_records(process_index, process_count, drop_remainder)
+
+  def _split_records(self, process_index: int, process_count: int, drop_remainder: bool):
+    """`_records` of the whole split."""
     tf = _tf()
     if self.name == 'imagenet100':
       ds, count = self._imagenet100_records(process_index, process_count, drop_remainder)
@@ -221,6 +250,40 @@ class TfdsSource:
 
     return ds.map(tidy), count
 
+  def _subset_records(self, process_index: int, process_count: int, drop_remainder: bool):
+    """`_records` of the subset: the whole split read in its fixed order, filtered by position."""
+    tf = _tf()
+    keep = np.zeros((self._split_examples,), bool)
+    keep[self._subset] = True
+    table = tf.constant(keep)
+    ds, _ = self._split_records(0, 1, drop_remainder=False)
+    ds = ds.enumerate().filter(lambda i, ex: table[i]).map(lambda i, ex: ex)
+    # Every process keeps every P-th example of the subset, so the slices do not depend on the split's files.
+    n = self.num_examples
+    count = n // process_count if drop_remainder else (n - process_index + process_count - 1) // process_count
+    return ds.shard(process_count, process_index).take(count), count
+
+  def _split_labels(self) -> np.ndarray:
+    """int32 (N,): the label of every example of the split in `_split_records` order (cached in a .npy)."""
+    safe_split = re.sub(r'[^A-Za-z0-9_.-]', '_', self.split)
+    path = (os.path.join(self._builder.data_dir, f'ssl_jax_labels_{self.name}_{safe_split}.npy')
+            if self.name != 'image_folder' else None)
+    if path and os.path.exists(path):
+      labels = np.load(path)
+      if len(labels) == self.num_examples:
+        return labels
+    logging.info('Reading the labels of %s %s for a per-class subset (once; cached in %s)', self.name,
+                 self.split, path)
+    ds, _ = self._split_records(0, 1, drop_remainder=False)
+    labels = np.concatenate([np.zeros((0,), np.int32)] + list(
+        ds.map(lambda ex: ex['label']).batch(8192).as_numpy_iterator()))
+    if path:
+      try:
+        np.save(path, labels)
+      except OSError as e:
+        logging.warning('Could not cache the labels of %s %s in %s: %s', self.name, self.split, path, e)
+    return labels
+
   def _imagenet100_records(self, process_index, process_count, drop_remainder):
     tf = _tf()
     # Split the kept positions (not the ImageNet split) so every process gets the same number of examples,
@@ -249,6 +312,8 @@ class TfdsSource:
     seeds = tf.random.experimental.stateless_split(seed, crop['num_views'])
 
     def window(shape, view_seed):
+      if crop.get('mode', 'random_resized') == 'resize_crop':
+        return _resize_crop_window(shape, crop['size'], view_seed)
       begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
           shape, tf.zeros([1, 0, 4]), seed=view_seed, min_object_covered=0.0,
           aspect_ratio_range=tuple(crop['ratio']), area_range=tuple(crop['scale']),
@@ -283,13 +348,21 @@ class TfdsSource:
     image = tf.image.resize(image, new_hw, antialias=True)
     return _to_uint8(tf.image.resize_with_crop_or_pad(image, size, size))
 
-  def _train_example(self, ex, crop_seed: int):
+  def _train_image(self, encoded, key, crop_seed: int, clean_view: bool):
+    """A decoded training image, or its host crops (V, S, S, 3), after its clean view with `clean_view`."""
     tf = _tf()
     if self.host_crop is None:
-      image = self._decode_fixed(ex['image'])
-    else:
-      image = self._crop_views(ex['image'], tf.stack([tf.constant(crop_seed, tf.int64), ex['key']]))
-    return {'image': image, 'label': ex['label']}
+      return self._decode_fixed(encoded)
+    views = self._crop_views(encoded, tf.stack([tf.constant(crop_seed, tf.int64), key]))
+    return tf.concat([self._center_crop(encoded)[None], views], 0) if clean_view else views
+
+  def _train_example(self, ex, crop_seed: int, partner_seed: int | None = None):
+    with_partner = partner_seed is not None
+    out = {'image': self._train_image(ex['image'], ex.get('key'), crop_seed, clean_view=with_partner),
+           'label': ex['label']}
+    if with_partner:  # its own crop seed: a partner's crops differ from its crops as an anchor
+      out['partner'] = self._train_image(ex['partner'], ex.get('partner_key'), partner_seed, clean_view=True)
+    return out
 
   def _eval_example(self, ex):
     tf = _tf()
@@ -310,19 +383,24 @@ class TfdsSource:
     options.threading.max_intra_op_parallelism = 1
     return options
 
-  def _epoch(self, records, count: int, local: int, seed: int, epoch: int, skip_batches: int):
+  def _epoch(self, records, count: int, local: int, seed: int, epoch: int, skip_batches: int,
+             partners: bool = False):
     """The tf.data pipeline of one epoch, starting after `skip_batches` batches."""
     buffer = count if count <= _FULL_SHUFFLE_MAX else min(self.shuffle_buffer, count)
     epoch_seed = sources.epoch_seed(seed, epoch)
     ds = records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    partner_seed = sources.partner_seed(seed, epoch) if partners else None
+    if partners:
+      mates = records.shuffle(buffer, seed=partner_seed, reshuffle_each_iteration=False)
+      ds = _tf().data.Dataset.zip((ds, mates)).map(_with_partner)
     ds = ds.skip(skip_batches * local)  # before decoding: resuming reads records but decodes nothing
-    decode = functools.partial(self._train_example, crop_seed=epoch_seed)
+    decode = functools.partial(self._train_example, crop_seed=epoch_seed, partner_seed=partner_seed)
     ds = ds.map(decode, num_parallel_calls=_tf().data.AUTOTUNE)
     ds = ds.batch(local, drop_remainder=True).prefetch(2)
     return ds.with_options(self._options())
 
   def train_batches(self, *, global_batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                    process_count: int = 1):
+                    process_count: int = 1, partners: bool = False):
     """Endless training batches in an order fixed by (seed, epoch, process_count); exact resume.
 
     Args:
@@ -331,14 +409,19 @@ class TfdsSource:
       start_step: the first step to produce (the number of steps already taken).
       process_index: which slice of the split this process reads.
       process_count: number of processes.
+      partners: also yield a random partner per anchor (module docstring).
 
     Returns:
-      An iterator of {'image': uint8 (B, H, W, C), or (B, V, S, S, 3) with host crops, 'label': int32 (B,)},
-      B = global_batch_size // process_count.
+      An iterator of {'image': uint8 (B, H, W, C), or (B, V, S, S, 3) with host crops, 'label': int32 (B,)};
+      with `partners` also 'partner' of the same shape, and host crops are (B, 1 + V, S, S, 3), the clean
+      view first. B = global_batch_size // process_count.
     """
     local = sources.local_batch_size(global_batch_size, process_count)
     sources.check_fits(global_batch_size, self.num_examples, self.name)
     records, count = self._records(process_index, process_count, drop_remainder=True)
+    if self._subset is not None and count <= _FULL_SHUFFLE_MAX:
+      # Filled during the first epoch (its shuffle buffer holds the whole subset); later epochs read memory.
+      records = records.cache()
     steps = count // local
     if not steps:
       raise UserError(f'process {process_index} holds {count} examples of {self.name}, fewer than its batch '
@@ -347,7 +430,7 @@ class TfdsSource:
     def batches():
       epoch, offset = divmod(start_step, steps)
       while True:
-        yield from self._epoch(records, count, local, seed, epoch, offset).as_numpy_iterator()
+        yield from self._epoch(records, count, local, seed, epoch, offset, partners).as_numpy_iterator()
         epoch, offset = epoch + 1, 0
 
     return batches()
@@ -373,6 +456,25 @@ class TfdsSource:
                                         'mask': tf.constant(False)}).repeat(total)
     ds = records.map(self._eval_example, num_parallel_calls=_tf().data.AUTOTUNE).concatenate(pad).take(total)
     return ds.batch(local).prefetch(2).with_options(self._options()).as_numpy_iterator()
+
+
+def _with_partner(anchor: dict, partner: dict) -> dict:
+  """An anchor record carrying its partner's encoded image (and crop key)."""
+  out = {**anchor, 'partner': partner['image']}
+  if 'key' in partner:
+    out['partner_key'] = partner['key']
+  return out
+
+
+def _resize_crop_window(shape, size: int, seed):
+  """[top, left, side, side]: the square window that Resize(size / 0.875) + RandomCrop(size) would show."""
+  tf = _tf()
+  hw = tf.cast(shape[:2], tf.float32)
+  side = tf.cast(tf.round(tf.reduce_min(hw) * size / round(size / _EVAL_CROP_FRACTION)), tf.int32)
+  room = tf.cast(shape[:2], tf.int32) - side
+  u = tf.random.stateless_uniform([2], seed=seed)
+  offset = tf.minimum(tf.cast(tf.floor(u * tf.cast(room + 1, tf.float32)), tf.int32), room)
+  return tf.stack([offset[0], offset[1], side, side])
 
 
 def _to_uint8(image):

@@ -48,14 +48,18 @@ def extract_features(apply_fn: Callable, batches: Iterable[dict]) -> tuple[np.nd
   return np.concatenate(feats), np.concatenate(labels)
 
 
-def inference_features(graphdef, params, batch_stats, images, resolution: int) -> jax.Array:
+def inference_features(graphdef, params, batch_stats, images, resolution: int,
+                       exits: bool = False) -> jax.Array:
   """Encoder features (N, D) in inference mode (BatchNorm running statistics), as every evaluation sees them.
 
   Args:
     graphdef, params, batch_stats: the split model (it has `features(images, *, train)`).
     images: uint8 (N, H, W, C), or float in [0, 1]; centre-cropped to a square and resized to `resolution`.
     resolution: the side the encoder was trained at.
+    exits: return the features of every exit of a multi-exit model (`exit_features`, see
+      `ssl_jax.evaluate.exits`), stacked to (N, E, D).
   """
   x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
   x = jax.vmap(lambda im: augment.center_crop_resize(im, resolution))(x)
-  return nnx.merge(graphdef, params, batch_stats).features(x, train=False)
+  model = nnx.merge(graphdef, params, batch_stats)
+  return jnp.stack(model.exit_features(x, train=False), axis=1) if exits else model.features(x, train=False)

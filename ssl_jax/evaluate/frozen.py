@@ -12,7 +12,7 @@ import jax
 
 from ssl_jax import data, sharding
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import extract_features, inference_features, knn_accuracy, linear_probe_accuracy
+from ssl_jax.evaluate import exits, extract_features, inference_features, knn_accuracy, linear_probe_accuracy
 
 
 class FrozenEncoderEval:
@@ -27,10 +27,13 @@ class FrozenEncoderEval:
       raise UserError(f'data.eval_split={config.data.eval_split!r} of {config.data.name} has no class labels '
                       'to evaluate with; choose a labelled split')
     self._features = jax.jit(functools.partial(inference_features, graphdef, resolution=config.data.image_size))
+    self.graphdef = graphdef
+    self._exit_features = jax.jit(functools.partial(inference_features, graphdef,
+                                                    resolution=config.data.image_size, exits=True))
 
-  def _extract(self, params, batch_stats, source, limit: int = 0):
+  def _extract(self, params, batch_stats, source, limit: int = 0, features=None):
     """Features and labels of the labelled examples of `source` in its fixed order (the first `limit`)."""
-    apply = lambda images: self._features(params, batch_stats, images)
+    apply = lambda images: (features or self._features)(params, batch_stats, images)
     batches = source.eval_batches(global_batch_size=self.config.eval.batch_size,
                                   process_index=jax.process_index(), process_count=jax.process_count())
     if limit:  # the bank's memory and time are bounded by its size, not by the split's
@@ -65,9 +68,23 @@ class FrozenEncoderEval:
                                    seed=self.config.seed)
     return {**self._knn_scores((bank_x, bank_y), (test_x, test_y)), 'linear_top1': float(linear['top1'])}
 
+  def _exit_scores(self, params, batch_stats) -> dict:
+    """Multi-exit models (SelfCon): the linear probe's top-1 on each other exit and on the exits' ensemble."""
+    names = exits.exit_names(nnx.merge(self.graphdef, params, batch_stats))
+    if len(names) < 2:
+      return {}
+    e = self.config.eval
+    bank = self._extract(params, batch_stats, self.bank, limit=e.knn_bank_size, features=self._exit_features)
+    test = self._extract(params, batch_stats, self.test, features=self._exit_features)
+    scores = exits.probe_exits({n: bank[0][:, i] for i, n in enumerate(names)}, bank[1],
+                               {n: test[0][:, i] for i, n in enumerate(names)}, test[1],
+                               num_classes=self.test.num_classes, per_epoch=False, epochs=e.linear_epochs,
+                               lr=e.linear_lr, weight_decay=e.linear_weight_decay, seed=self.config.seed)
+    return {f'linear_top1_{name}': s['top1'] for name, s in scores.items() if name != 'backbone'}
+
   def final(self, params, batch_stats) -> dict:
-    """Scores of the trained encoder and, if configured, of its random initialisation."""
-    results = self._scores(params, batch_stats)
+    """Scores of the trained encoder (each exit of a multi-exit one) and, if asked, of its random init."""
+    results = {**self._scores(params, batch_stats), **self._exit_scores(params, batch_stats)}
     if self.config.eval.compare_random_init:
       # Rebuilding from the seed gives exactly the parameters this run started from.
       init = self.method.build_model(self.config, in_channels=self.in_channels, rngs=nnx.Rngs(self.config.seed))

@@ -6,8 +6,14 @@ inference mode, never updated) and scored on the eval split after every epoch. T
   augmented        features recomputed every epoch from random-resized crops and flips of the train images
                    (the protocol of SimCLR and most papers; the test images stay un-augmented)
 The top-1 / top-5 of the last epoch and of the best epoch, and the protocol, are printed and merged into
-`<workdir>/results.json` under 'linear_eval'. Override the defaults of `default_config` with --config.a=b:
+`<workdir>/results.json` under 'linear_eval'. A multi-exit model (SelfCon) gets one classifier per exit and
+their ensemble (mean of the logits): `sub_top1`, `ensemble_top1`, ... beside the backbone's scores.
+Override the defaults of `default_config` with --config.a=b:
   python -m ssl_jax.evaluate.linear --workdir runs/quickstart --config.optimizer=lars --config.lr=0.5
+A paper's protocol is one flag, `--config.preset=NAME` (PRESETS): it replaces the defaults of the fields it
+names, and fields given on the command line keep the given value. `repmix`: the RepMix code's (Sharma et al.,
+2024) frozen backbone features, AdamW lr 0.02 without weight decay, 100 epochs, batch = the run's batch size,
+no standardisation, the last epoch reported (its per-step periodic cosine is replaced by one decay).
 Exit codes: 0 done; 2 bad input (one line on stderr).
 """
 import json
@@ -22,10 +28,16 @@ import numpy as np
 from ssl_jax import data
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
+from ssl_jax.evaluate import exits
 from ssl_jax.evaluate.linear_probe import (OPTIMIZERS, linear_predict, topk_accuracy,
                                            train_linear_probe)
 
 PROTOCOLS = ('frozen_features', 'augmented')
+# Published protocols; batch_size 0 stands for the pretraining run's batch size.
+PRESETS = {
+    'repmix': dict(protocol='frozen_features', epochs=100, optimizer='adamw', lr=0.02, weight_decay=0.0,
+                   batch_size=0, standardize=False),
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -36,12 +48,35 @@ def default_config() -> ml_collections.ConfigDict:
     protocol ('frozen_features' | 'augmented'), crop_scale and flip_prob (the 'augmented' views;
     flip_prob -1 = the run's augment.flip_prob, e.g. 0 for digits),
     standardize, train_split and eval_split ('' = the run's data.train_split / data.eval_split),
-    embed_batch_size (images per forward pass) and seed.
+    embed_batch_size (images per forward pass), seed, and preset ('' or a name of PRESETS).
   """
   return ml_collections.ConfigDict(dict(  # noqa: C408  (keyword style reads like a config)
       epochs=100, batch_size=256, optimizer='sgd', lr=0.1, weight_decay=0.0, momentum=0.9,
       protocol='frozen_features', crop_scale=(0.08, 1.0), flip_prob=-1.0, standardize=True,
-      train_split='', eval_split='', embed_batch_size=256, seed=0))
+      train_split='', eval_split='', embed_batch_size=256, seed=0, preset=''))
+
+
+def apply_preset(cfg, run_config, *, presets=None, default=None) -> ml_collections.ConfigDict:
+  """`cfg` with `cfg.preset`'s values in every field it names that is still at its default.
+
+  Args:
+    cfg: a `default_config()`, possibly changed (e.g. on the command line).
+    run_config: the pretraining run's config (for the batch size).
+    presets: {name: {field: value}}; this module's PRESETS when None (the fine-tuning CLI passes its own).
+    default: the function giving the defaults `cfg` started from; this module's `default_config` when None.
+
+  Returns:
+    A new ConfigDict; `cfg` itself is unchanged.
+  """
+  presets, default = presets or PRESETS, (default or default_config)()
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  if not cfg.preset:
+    return out
+  _check_choice('preset', cfg.preset, tuple(presets))
+  for field, value in presets[cfg.preset].items():
+    if cfg[field] == default[field]:  # a value given on the command line wins
+      out[field] = run_config.batch_size if field == 'batch_size' and value == 0 else value
+  return out
 
 
 # ----------------------------------------------------------------------------------------------- classifier
@@ -129,6 +164,8 @@ def split_features(encoder, split: str, batch_size: int, augmented=None, key=Non
 # ----------------------------------------------------------------------------------------------- the run
 def _check(cfg) -> None:
   _check_choice('protocol', cfg.protocol, PROTOCOLS)
+  if cfg.preset:
+    _check_choice('preset', cfg.preset, tuple(PRESETS))
   _check_choice('optimizer', cfg.optimizer, OPTIMIZERS)
   if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.embed_batch_size < 1:
     raise UserError('epochs, batch_size and embed_batch_size must be positive')
@@ -143,6 +180,29 @@ def merge_results(workdir, key: str, results: dict) -> pathlib.Path:
   return path
 
 
+def _probe_data(encoder, cfg, train_split: str, eval_split: str):
+  """(train features or epoch -> features, train labels, test features, test labels) of one encoder."""
+  test_x, test_y = split_features(encoder, eval_split, cfg.embed_batch_size)
+  train_x, train_y = split_features(encoder, train_split, cfg.embed_batch_size)
+  features = train_x
+  if cfg.protocol == 'augmented':
+    fn, key = _augmented_fn(encoder, cfg), jax.random.key(cfg.seed + 1)
+    features = lambda epoch: split_features(encoder, train_split, cfg.embed_batch_size, fn,
+                                            jax.random.fold_in(key, epoch))[0]
+  return features, train_y, test_x, test_y
+
+
+def _exit_classifiers(probe_data: dict, *, num_classes: int, cfg) -> dict:
+  """A classifier per exit and the ensemble: the backbone's scores, flat `<exit>_top1`... keys and `exits`."""
+  _, train_y, _, test_y = probe_data['backbone']
+  per_exit = exits.probe_exits({n: d[0] for n, d in probe_data.items()}, train_y,
+                               {n: d[2] for n, d in probe_data.items()}, test_y, num_classes=num_classes,
+                               epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, momentum=cfg.momentum,
+                               seed=cfg.seed, standardize=cfg.standardize)
+  return {**per_exit['backbone'], **exits.flat_scores(per_exit), 'exits': per_exit}
+
+
 def evaluate_linear(workdir, cfg=None, *, encoder=None) -> dict:
   """Linear evaluation of the encoder of `workdir`; the results are merged into its results.json.
 
@@ -152,28 +212,35 @@ def evaluate_linear(workdir, cfg=None, *, encoder=None) -> dict:
     encoder: an already loaded `ssl_jax.load_encoder(workdir)` (it is only read, never changed).
 
   Returns:
-    {'top1', 'top5', 'best_top1', 'best_top5', 'best_epoch', 'top1_per_epoch', 'protocol', ...}.
+    {'top1', 'top5', 'best_top1', 'best_top5', 'best_epoch', 'top1_per_epoch', 'protocol', ...}; for a
+    multi-exit model these are the backbone's, beside '<exit>_top1', '<exit>_best_top1' for every other exit
+    and 'ensemble', and 'exits' ({exit or 'ensemble': the same keys as the backbone's}).
   """
   from ssl_jax.encoder import load_encoder  # pylint: disable=g-import-not-at-top  (keeps flag errors fast)
   cfg = cfg or default_config()
   _check(cfg)
   encoder = encoder or load_encoder(workdir, batch_size=cfg.embed_batch_size)
+  cfg = apply_preset(cfg, encoder.config)
   run_data = encoder.config.data
   train_split, eval_split = cfg.train_split or run_data.train_split, cfg.eval_split or run_data.eval_split
   num_classes = data.get_source(run_data, split=eval_split, train=False).num_classes
-  test_x, test_y = split_features(encoder, eval_split, cfg.embed_batch_size)
-  train_x, train_y = split_features(encoder, train_split, cfg.embed_batch_size)
-  features = train_x
-  if cfg.protocol == 'augmented':
-    fn, key = _augmented_fn(encoder, cfg), jax.random.key(cfg.seed + 1)
-    features = lambda epoch: split_features(encoder, train_split, cfg.embed_batch_size, fn,
-                                            jax.random.fold_in(key, epoch))[0]
-  scores = train_classifier(features, train_y, test_x, test_y, num_classes=num_classes, cfg=cfg)
+  # Multi-exit models (SelfCon) get a probe per exit and on the exits' ensemble; others just the backbone's.
+  probe_data = {name: _probe_data(e, cfg, train_split, eval_split)
+                for name, e in exits.exit_encoders(encoder).items()}
+  features, train_y, test_x, test_y = probe_data['backbone']
+  if len(probe_data) == 1:
+    scores = train_classifier(features, train_y, test_x, test_y, num_classes=num_classes, cfg=cfg)
+  else:
+    scores = _exit_classifiers(probe_data, num_classes=num_classes, cfg=cfg)
   views = ' (random-resized crop + flip, recomputed every epoch)' if cfg.protocol == 'augmented' else ''
-  protocol = (f'{cfg.protocol}: linear classifier ({cfg.optimizer}, lr {cfg.lr}, cosine, {cfg.epochs} '
-              f'epochs, batch {cfg.batch_size}) on {"standardised " if cfg.standardize else ""}features of '
-              f'{len(train_y)} {train_split!r} images{views}, scored on {len(test_y)} '
+  preset = f'{cfg.preset} preset, ' if cfg.preset else ''
+  protocol = (f'{preset}{cfg.protocol}: linear classifier ({cfg.optimizer}, lr {cfg.lr}, cosine, '
+              f'{cfg.epochs} epochs, batch {cfg.batch_size}) on {"standardised " if cfg.standardize else ""}'
+              f'features of {len(train_y)} {train_split!r} images{views}, scored on {len(test_y)} '
               f'{eval_split!r} images; encoder frozen, in inference mode')
+  if len(probe_data) > 1:
+    protocol += (f'; one classifier per exit ({", ".join(probe_data)}) and their ensemble (mean of the '
+                 'logits), under `exits`; top1/top5 are the backbone\'s')
   results = {**scores, 'protocol': protocol, 'config': cfg.to_dict()}
   merge_results(workdir, 'linear_eval', results)
   return results

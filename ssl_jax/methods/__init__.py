@@ -19,6 +19,9 @@ It may also define (defaults below):
   num_views(config) -> int                       views per example the input pipeline should crop on the host
   init_extra(model, config) -> pytree            method state kept in the train state (EMA params, a queue)
   after_update(extra, params, ctx) -> pytree     method state after the optimizer step (e.g. an EMA update)
+  needs_partners(config) -> bool                 False; True: every training batch also carries 'partner',
+                                                 a random example of the split per anchor (RepMix; see
+                                                 ssl_jax.data.sources)
 
 Add-ons (`ADDONS`: modules of this package too) change any framework: each defines `enabled(config) -> bool`
 and `apply(method, config) -> Method`, which returns the framework with its model, views or loss extended
@@ -52,9 +55,10 @@ class Method:
   num_views: Callable
   init_extra: Callable
   after_update: Callable
+  needs_partners: Callable = lambda config: False
 
 
-ADDONS = ()  # add-on modules, in the order they wrap the framework
+ADDONS = ('rotation', 'fusion')  # add-on modules, in the order they wrap the framework
 
 
 def available() -> list[str]:
@@ -86,4 +90,5 @@ def _framework(name: str) -> Method:
       num_views=getattr(mod, 'num_views', lambda config: config.num_views),
       init_extra=getattr(mod, 'init_extra', lambda model, config: {}),
       after_update=getattr(mod, 'after_update', lambda extra, params, ctx: extra),
+      needs_partners=getattr(mod, 'needs_partners', lambda config: False),
   )

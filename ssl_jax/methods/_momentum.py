@@ -32,6 +32,10 @@ class TwoBranchModel(nnx.Module):
     """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C)."""
     return self.online.features(images, train=train)
 
+  def __call__(self, images, *, train: bool, return_features: bool = False):
+    """The online projections (N, P), as `EncoderProjector.__call__`: add-ons reach all frameworks alike."""
+    return self.online(images, train=train, return_features=return_features)
+
 
 def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: bool) -> TwoBranchModel:
   """The online EncoderProjector of `config.model`, plus the `config.model.predictor` MLP if asked."""

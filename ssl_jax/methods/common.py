@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from ssl_jax import data, losses
 from ssl_jax.data import augment
+from ssl_jax.errors import UserError
 from ssl_jax.models import MLPHead, create_encoder
 
 
@@ -75,9 +76,29 @@ def contrastive_metrics(z) -> dict:
   return jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
 
 
+LOSS_REDUCTIONS = ('mean_of_log', 'log_of_mean')
+
+
+def contrastive_objective(z, labels, loss_cfg):
+  """The contrastive loss `config.loss` names, on projections z (B, V, P) and optional labels (B,).
+
+  `loss_cfg.reduction` 'mean_of_log' is `losses.contrastive_loss` (NT-Xent, or SupCon with labels);
+  'log_of_mean' is `losses.nt_xent_log_of_mean`, the RepMix code's form (two views, no labels).
+  """
+  if loss_cfg.reduction not in LOSS_REDUCTIONS:
+    raise UserError(f'loss.reduction={loss_cfg.reduction!r} is unknown; '
+                    f'use one of {", ".join(LOSS_REDUCTIONS)}')
+  if loss_cfg.reduction == 'mean_of_log':
+    return losses.contrastive_loss(z, labels, temperature=loss_cfg.temperature)
+  if labels is not None or z.shape[1] != 2:
+    raise UserError("loss.reduction='log_of_mean' takes two views and no labels; use it with simclr or "
+                    "repmix and num_views=2, or set loss.reduction='mean_of_log'")
+  return losses.nt_xent_log_of_mean(z, temperature=loss_cfg.temperature)
+
+
 def contrastive_loss_fn(model, views, batch, key, ctx, *, use_labels: bool):
-  """The SimCLR / SupCon step: all views in one forward pass -> `losses.contrastive_loss`."""
+  """The SimCLR / SupCon step: all views in one forward pass -> `contrastive_objective`."""
   z, h = project_views(model, views)
   labels = batch['label'] if use_labels else None
-  loss = losses.contrastive_loss(z, labels, temperature=ctx.config.loss.temperature)
+  loss = contrastive_objective(z, labels, ctx.config.loss)
   return loss, (contrastive_metrics(z), ctx.extra, h[:, 0])

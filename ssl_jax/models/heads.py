@@ -5,7 +5,9 @@ import jax
 from ssl_jax.errors import UserError
 from ssl_jax.models.norm import BatchNorm
 
-_ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'silu': jax.nn.silu}
+# leaky_relu: negative slope 0.01, PyTorch's default and JAX's (the RepMix projector).
+_ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'silu': jax.nn.silu,
+                'leaky_relu': jax.nn.leaky_relu}
 
 
 class MLPHead(nnx.Module):
@@ -28,7 +30,7 @@ class MLPHead(nnx.Module):
       num_layers: number of Linear layers; 1 is a single Linear(in_dim, out_dim).
       use_bn: BatchNorm after every hidden Linear.
       last_bn: a BatchNorm without scale and bias after the last Linear.
-      activation: 'relu', 'gelu' or 'silu'.
+      activation: 'relu', 'gelu', 'silu' or 'leaky_relu' (slope 0.01).
       bn_group_size: ghost-BatchNorm group size (0 = whole batch).
       bn_momentum: BatchNorm running-statistics momentum.
       rngs: initialisation keys; not kept by the head.

@@ -89,6 +89,33 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + self.shortcut(x, train=train))
 
 
+def make_stage(kind: str, in_dim: int, planes: int, num_blocks: int, stride: int, *, norm,
+               zero_init_residual: bool = False, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.List:
+  """One ResNet stage: `num_blocks` blocks of `kind`, the first one carrying the stride.
+
+  Args:
+    kind: 'basic' (BasicBlock) or 'bottleneck' (Bottleneck, output 4 x planes).
+    in_dim: channels of the stage's input.
+    planes: the blocks' base width.
+    num_blocks: blocks in the stage (at least 1).
+    stride: stride of the first block (1 or 2).
+    norm: BatchNorm factory, features -> layer (keyword `scale_init` accepted).
+    zero_init_residual: start every block's last BN scale at 0.
+    dtype: compute dtype.
+    rngs: initialisation keys.
+
+  Returns:
+    nnx.List of blocks; the stage's output channels are `stage[-1].out_dim`.
+  """
+  block_cls = BasicBlock if kind == 'basic' else Bottleneck
+  blocks = []
+  for j in range(num_blocks):
+    blocks.append(block_cls(in_dim, planes, stride if j == 0 else 1, norm=norm,
+                            zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs))
+    in_dim = blocks[-1].out_dim
+  return nnx.List(blocks)
+
+
 def _check_arch(depth: int, stem: str, width: float, num_stages: int | None) -> int:
   """Validates the architecture arguments; returns the number of stages kept."""
   if depth not in _ARCHS:
@@ -136,7 +163,6 @@ class ResNet(nnx.Module):
     kept = _check_arch(depth, stem, width, num_stages)
     kind, blocks, base_widths = _ARCHS[depth]
     widths = [max(1, round(w * width)) for w in base_widths]
-    block_cls = BasicBlock if kind == 'basic' else Bottleneck
     norm = functools.partial(BatchNorm, group_size=bn_group_size, momentum=bn_momentum, dtype=dtype)
 
     self.max_pool = stem == 'imagenet'
@@ -145,17 +171,15 @@ class ResNet(nnx.Module):
     self.stem_bn = norm(widths[0])
     in_dim, stages, dims = widths[0], [], []
     for i in range(kept):
-      stage = []
-      for j in range(blocks[i]):
-        stride = 2 if i > 0 and j == 0 else 1
-        stage.append(block_cls(in_dim, widths[i], stride, norm=norm, zero_init_residual=zero_init_residual,
-                               dtype=dtype, rngs=rngs))
-        in_dim = stage[-1].out_dim
-      stages.append(nnx.List(stage))
+      stages.append(make_stage(kind, in_dim, widths[i], blocks[i], 2 if i > 0 else 1, norm=norm,
+                               zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs))
+      in_dim = stages[-1][-1].out_dim
       dims.append(in_dim)
     self.stages = nnx.List(stages)
-    # A tuple, not a list: static attributes must be hashable so the graphdef can be a static jit argument.
+    # Tuples, not lists: static attributes must be hashable so the graphdef can be a static jit argument.
     self.stage_dims = tuple(dims)
+    # What a copy of later stages needs (SelfCon's sub-network): block kind, blocks and base width per stage.
+    self.block_kind, self.stage_blocks, self.stage_widths = kind, tuple(blocks[:kept]), tuple(widths[:kept])
     self.out_dim = dims[-1]
     # Every stride-s op maps side n to ceil(n / s), so any input runs; below the product of the strides the
     # last stage's single pixel sees mostly padding. At exactly this size the last stage is 1x1.

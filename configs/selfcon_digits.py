@@ -1,0 +1,45 @@
+r"""SelfCon vs SupCon vs SupCon-S on the embedded digits, on a CPU: the small-data comparison.
+
+The quickstart's setting (configs/simclr_digits.py: 1497 train / 300 test digits at 24 px, ResNet-18 with 16
+base channels, CIFAR stem, batch 256, SGD lr 0.3 with 1 warm-up epoch, crops and brightness/contrast only),
+with SelfCon's model and loss (ssl_jax/methods/selfcon.py): an `fc` sub-network after stage 2, heads d-d-64
+without BN, τ 0.1 with the official τ/0.07 scaling, labels. kNN every 10 steps, and at the end kNN and
+linear probes (per exit and the ensemble for SelfCon).
+
+Equal wall-clock: SupCon (two views) costs about twice a SelfCon or SupCon-S step, so give every run the
+same training time, not the same steps. Measure the step times, then train each for budget / step time:
+  python -m ssl_jax.benchmark --candidate configs/selfcon_digits.py \
+      --baseline configs/selfcon_digits.py:variant=supcon --steps 10
+  python -m ssl_jax.main --config configs/selfcon_digits.py:variant=supcon --workdir /tmp/sc_digits_supcon
+  python -m ssl_jax.main --config configs/selfcon_digits.py --workdir /tmp/sc_digits_selfcon \
+      --config.total_steps=N        # N = 150 x SupCon's step time / SelfCon's
+  python -m ssl_jax.main --config configs/selfcon_digits.py:variant=supcon_s \
+      --workdir /tmp/sc_digits_supcon_s --config.total_steps=M   # likewise with SupCon-S's step time
+  python -m ssl_jax.report /tmp/sc_digits_supcon /tmp/sc_digits_selfcon /tmp/sc_digits_supcon_s --out /tmp/sc
+The time-to-accuracy view of the same pair: `python -m ssl_jax.compare --workdir /tmp/sc_cmp
+--baseline configs/selfcon_digits.py:variant=supcon --candidate configs/selfcon_digits.py`.
+Expected: not measured yet with ssl_jax (the README gives the figures once measured). Runtime on the 2-core
+CPU development machine: about 2-3 minutes per run (the quickstart's SimCLR, also two views, trains 150
+steps in about 140 s).
+
+Arguments (comma-separated): variant=selfcon|selfcon_m|selfcon_su|selfcon_mu|supcon|supcon_s, runlocal
+(seconds-long smoke run).
+"""
+import ml_collections
+
+from configs import common, selfcon_cifar100, simclr_digits
+from ssl_jax.methods import selfcon
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, runlocal=False, variant='selfcon')
+  c = simclr_digits.get_config('runlocal' if arg.runlocal else None)
+  c.method = 'selfcon'
+  c.selfcon = selfcon_cifar100.selfcon_block(arg.variant, sub_net='fc')
+  c.num_views = selfcon.VARIANTS[arg.variant].views   # documentation only: the variant decides
+  c.model.head = ml_collections.ConfigDict(dict(
+      num_layers=2, hidden_dim=0, out_dim=c.model.head.out_dim, use_bn=False, last_bn=False,
+      activation='relu'))  # hidden 0: the exit's width (SelfCon's d -> d -> out)
+  c.loss.temperature = 0.1
+  c.eval_every_steps = 0 if arg.runlocal else 10
+  return c

@@ -1,0 +1,174 @@
+r"""Memory and time of one train step of a recipe against another's, on this machine's devices.
+
+    python -m ssl_jax.benchmark --baseline configs/A.py[:ARG] --candidate configs/B.py[:ARG] \
+        [--set KEY=VALUE ...] [--baseline_set ...] [--candidate_set ...] [--steps 20] [--out FILE.json]
+
+Builds each recipe's model, optimizer and jitted train step exactly as the trainer does (the online probe
+off), compiles it for the recipe's first training batch (from its data source: use the `:synthetic` variants
+to need no dataset), and reports for each:
+  * the device memory of the compiled step from XLA's memory analysis: arguments + outputs + temporaries -
+    donated (aliased) buffers, and the temporaries alone (activations and gradients, what the number of
+    views changes; params and optimizer state are the same for both); XLA's own `peak_memory_in_bytes` is
+    kept in the JSON as `xla_peak_bytes` (not every backend fills it in);
+  * the compile time and the median step time over `--steps` steps after two warm-up steps, and images/s
+    (`--steps 0`: memory only, nothing runs, e.g. to read a large model's memory on a CPU);
+and the ratios candidate / baseline. `--set` overrides apply to both recipes, `--baseline_set` /
+`--candidate_set` to one (values read as `--config.KEY=VALUE` flags are).
+
+SelfCon's efficiency claim (Bae et al., AAAI 2023: ResNet-50 on ImageNet, 59% of SupCon's memory and 48% of
+its time), on whatever device this runs on:
+    python -m ssl_jax.benchmark --candidate configs/selfcon_imagenet.py:synthetic \
+        --baseline configs/selfcon_imagenet.py:synthetic,variant=supcon \
+        --set model.name=resnet50 batch_size=256 model.bn_group_size=0
+Exit codes: 0 done; 2 bad input (one line on stderr).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from ssl_jax import recipes  # noqa: E402
+from ssl_jax.errors import UserError  # noqa: E402
+
+RUNS = ('baseline', 'candidate')
+_WARMUP_STEPS = 2
+
+
+def _compiled_step(config, mesh):
+  """(compiled step, train state, global batch, compile seconds) of `config`, as `train` builds them."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ssl_jax import data, methods, optim, sharding, train  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_threefry_partitionable', True)
+  train._validate(config, mesh)  # pylint: disable=protected-access  (the trainer's own input checks)
+  method = methods.get_method(config)
+  source = data.get_source(config.data, split=config.data.train_split, train=True,
+                           num_views=method.num_views(config))
+  batch = next(source.train_batches(global_batch_size=config.batch_size, seed=config.seed, start_step=0,
+                                    process_index=jax.process_index(), process_count=jax.process_count()))
+  model = method.build_model(config, in_channels=batch['image'].shape[-1], rngs=nnx.Rngs(config.seed))
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  total = 1000  # only the learning-rate schedule reads it
+  tx, schedule = optim.create_optimizer(config.optimizer, batch_size=config.batch_size, total_steps=total,
+                                        steps_per_epoch=100)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                           opt_state=tx.init(params), extra=method.init_extra(model, config), probe={},
+                           rng=jax.random.key_data(jax.random.key(config.seed)))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  step = train.make_train_step(graphdef, tx, schedule, method, config, config.data.image_size, total, None,
+                               state_sharding, mesh)
+  batch = sharding.global_batch(batch, mesh)
+  started = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return compiled, state, batch, time.perf_counter() - started
+
+
+def measure(config, *, steps: int, devices=None) -> dict:
+  """Compiles `config`'s train step and runs it `steps` times (after two warm-up steps).
+
+  Args:
+    config: a recipe's ConfigDict.
+    steps: timed steps.
+    devices: the mesh's devices (default: all).
+
+  Returns:
+    {'peak_bytes', 'xla_peak_bytes', 'temp_bytes', 'argument_bytes', 'output_bytes', 'alias_bytes',
+    'compile_s', 'step_s' (median; NaN when steps is 0), 'images_per_s', 'batch_size', 'views', 'devices',
+    'device_kind'}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ssl_jax import methods, sharding  # pylint: disable=g-import-not-at-top
+  if steps < 0:
+    raise UserError(f'--steps={steps} must be >= 0 (0: compile and read the memory only)')
+  mesh = sharding.make_mesh(devices)
+  compiled, state, batch, compile_s = _compiled_step(config, mesh)
+  mem = compiled.memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+           - mem.alias_size_in_bytes)
+  times = []
+  for i in range(_WARMUP_STEPS + steps if steps else 0):
+    started = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    if i >= _WARMUP_STEPS:
+      times.append(time.perf_counter() - started)
+  step_s = statistics.median(times) if times else float('nan')
+  return {'peak_bytes': int(total), 'xla_peak_bytes': int(getattr(mem, 'peak_memory_in_bytes', 0)),
+          'temp_bytes': int(mem.temp_size_in_bytes), 'argument_bytes': int(mem.argument_size_in_bytes),
+          'output_bytes': int(mem.output_size_in_bytes), 'alias_bytes': int(mem.alias_size_in_bytes),
+          'compile_s': round(compile_s, 2), 'step_s': step_s, 'images_per_s': config.batch_size / step_s,
+          'batch_size': config.batch_size, 'views': methods.get_method(config).num_views(config),
+          'devices': mesh.size, 'device_kind': mesh.devices.flat[0].device_kind}
+
+
+def compare(configs: dict, *, steps: int, devices=None) -> dict:
+  """{'baseline': measure, 'candidate': measure, 'ratio': candidate / baseline of memory and step time}."""
+  results = {name: measure(configs[name], steps=steps, devices=devices) for name in RUNS}
+  b, c = results['baseline'], results['candidate']
+  results['ratio'] = {key: c[key] / b[key] for key in ('peak_bytes', 'temp_bytes', 'step_s')}
+  return results
+
+
+def markdown(results: dict, specs: dict) -> str:
+  """The results as a markdown table, one row per run and one for the ratio."""
+  mib = lambda n: f'{n / 2**20:.1f} MiB'
+  rows = ['| run | recipe | views | peak memory | temporaries | step time | images/s | compile |',
+          '|---|---|---|---|---|---|---|---|']
+  for name in RUNS:
+    r = results[name]
+    rows.append(f'| {name} | `{specs[name]}` | {r["views"]} | {mib(r["peak_bytes"])} '
+                f'| {mib(r["temp_bytes"])} | {r["step_s"] * 1e3:.1f} ms | {r["images_per_s"]:.1f} '
+                f'| {r["compile_s"]:.1f} s |')
+  ratio = results['ratio']
+  rows.append(f'| candidate / baseline | | | **{ratio["peak_bytes"]:.3f}** | {ratio["temp_bytes"]:.3f} '
+              f'| **{ratio["step_s"]:.3f}** | | |')
+  b = results['baseline']
+  return '\n'.join(rows) + f'\n\n{b["devices"]} x {b["device_kind"]}, batch {b["batch_size"]}\n'
+
+
+def prepare(args) -> tuple[dict, dict]:
+  """The two configs with their overrides, and their specs as text for the table."""
+  configs, specs = {}, {}
+  for name in RUNS:
+    sets = [*args.set, *getattr(args, f'{name}_set')]
+    config = recipes.load(getattr(args, name))
+    for assignment in sets:
+      recipes.override(config, assignment)
+    configs[name], specs[name] = config, ' '.join([getattr(args, name), *sets])
+  return configs, specs
+
+
+def main(argv=None) -> int:
+  """The command line (see the module docstring); returns the exit code."""
+  parser = argparse.ArgumentParser(prog='python -m ssl_jax.benchmark', description=__doc__.splitlines()[0])
+  parser.add_argument('--baseline', required=True, help='recipe configs/A.py[:ARG]')
+  parser.add_argument('--candidate', required=True, help='recipe configs/B.py[:ARG]')
+  for flag, whom in (('--set', 'both'), ('--baseline_set', 'the baseline'),
+                     ('--candidate_set', 'the candidate')):
+    parser.add_argument(flag, action='extend', nargs='+', default=[], metavar='KEY=VALUE',
+                        help=f'config overrides for {whom}')
+  parser.add_argument('--steps', type=int, default=20, help='timed steps per recipe')
+  parser.add_argument('--out', default='', help='also write the results to this JSON file')
+  args = parser.parse_args(argv)
+  try:
+    configs, specs = prepare(args)
+    results = compare(configs, steps=args.steps)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(markdown(results, specs), end='')
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump({**results, 'specs': specs}, f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

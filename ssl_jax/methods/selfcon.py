@@ -1,0 +1,276 @@
+"""SelfCon (Bae et al., AAAI 2023): single-view supervised contrastive learning over the exits of one network.
+
+A sub-network branches off the backbone ResNet after stage `selfcon.exit_stage` (default 2); each exit has
+its own projection head (Linear(d, d) -> ReLU -> Linear(d, 128), no BatchNorm, L2-normalised in the loss).
+The two exits of one image are two "views" of it, so a single augmented view per image suffices: the
+backbone runs once per image instead of twice, which is the method's saving in memory and time.
+
+Sub-networks (`selfcon.sub_net`), as in the official code (networks/resnet_big.py):
+  fc     global average pool of the exit stage's output, then Linear(stage width -> backbone feature width)
+  small  an unshared copy of the remaining stages with half the blocks (rounded down, at least 1), then pool
+  same   an unshared copy of the remaining stages, then pool
+The sub-network never shares parameters with the backbone's later stages; the stem and the stages up to the
+exit are shared and get gradients from both exits (no stop-gradient anywhere).
+
+Variants (`selfcon.variant`); every one goes through `objective`, with `losses.selfcon_loss`:
+  selfcon     one view, labels: every other vector with the same label is a positive, the image's other exit
+              included (so no anchor is ever without a positive)
+  selfcon_m   two views, labels (4 vectors per image)
+  selfcon_su  one view, no labels: the positives are the image's other exits
+  selfcon_mu  two views, no labels: official code: each view is its own instance, so the positives are the
+              other exits of the same view and the image's other view is a negative; with
+              `selfcon.mu_other_view_positive` (the issue's and, as far as we know, the paper's reading) every
+              other exit of either view is a positive (the code's alpha variant of MU already does this)
+  supcon      the baseline: two views, backbone only (no sub-network), SupCon's L_out
+  supcon_s    the single-view baseline: one view, backbone only; anchors whose label appears once in the batch
+              have no positive and are left out (the official code's `supcon_s` filter)
+`selfcon.alpha` > 0 gives the official "*" variants (SelfCon-S*, -M*, -SU*, -MU*): a contrastive loss on
+the backbone vectors alone (SupCon-S, SupCon or SimCLR; none for SelfCon-SU*, as in the official code)
+plus alpha times the SelfCon term in which only sub-network vectors are anchors (backbone vectors stay in
+every denominator). With `selfcon.official_temperature_scaling` (on in the recipes, as in the official code
+inherited from SupContrast) every loss term is multiplied by τ / 0.07; off gives the plain loss.
+
+The number of views comes from the variant (`config.num_views` is not read). Evaluation reads the backbone
+exit (`features`, `encoder`); `exit_features` gives every exit, and the linear-evaluation CLI and the
+trainer's final evaluation score a linear probe on each exit and on their ensemble (mean of the probes'
+logits), as the official `main_linear.py --subnet` does.
+"""
+import dataclasses
+import functools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import data, losses
+from ssl_jax.data import augment
+from ssl_jax.errors import UserError
+from ssl_jax.methods import common
+from ssl_jax.models import MLPHead, resnet
+from ssl_jax.models.norm import BatchNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """What a `selfcon.variant` name means for the views, the model and the positives."""
+  views: int           # augmented views per image
+  sub_network: bool    # SelfCon (two exits) or a backbone-only baseline
+  labels: bool         # supervised positives
+
+
+VARIANTS = {
+    'selfcon': Variant(views=1, sub_network=True, labels=True),
+    'selfcon_m': Variant(views=2, sub_network=True, labels=True),
+    'selfcon_su': Variant(views=1, sub_network=True, labels=False),
+    'selfcon_mu': Variant(views=2, sub_network=True, labels=False),
+    'supcon': Variant(views=2, sub_network=False, labels=True),
+    'supcon_s': Variant(views=1, sub_network=False, labels=True),
+}
+SUB_NETS = ('fc', 'small', 'same')
+BASE_TEMPERATURE = 0.07  # SupContrast's base_temperature, hard-coded in SelfCon's ConLoss
+
+
+def variant(config) -> Variant:
+  """The `config.selfcon.variant` entry of VARIANTS; UserError for a missing block or an unknown name."""
+  if 'selfcon' not in config:
+    raise UserError('config.method=\'selfcon\' needs the config block `selfcon`; start from '
+                    'configs/selfcon_cifar100.py or configs/selfcon_imagenet.py')
+  name = config.selfcon.variant
+  if name not in VARIANTS:
+    raise UserError(f'selfcon.variant={name!r} is unknown; use one of {", ".join(VARIANTS)}')
+  return VARIANTS[name]
+
+
+def check_config(config) -> None:
+  """Raises UserError for bad `config.selfcon` / `config.loss` values (everything but the exit stage)."""
+  v, cfg = variant(config), config.selfcon
+  if v.sub_network and cfg.sub_net not in SUB_NETS:
+    raise UserError(f'selfcon.sub_net={cfg.sub_net!r} is unknown; use one of {", ".join(SUB_NETS)}')
+  if cfg.alpha < 0 or (cfg.alpha and not v.sub_network):
+    raise UserError(f'selfcon.alpha={cfg.alpha} must be >= 0, and 0 for the baseline {cfg.variant!r} (alpha '
+                    'weighs the sub-network term of the SelfCon "*" variants)')
+  if config.loss.temperature <= 0:
+    raise UserError(f'loss.temperature={config.loss.temperature} must be positive')
+
+
+# ----------------------------------------------------------------------------------------------- model
+class SubNetwork(nnx.Module):
+  """The sub-network exit: exit-stage feature map (B, H, W, C) -> features (B, D), D the backbone's width."""
+
+  def __init__(self, encoder: resnet.ResNet, exit_stage: int, kind: str, *, model_cfg, rngs: nnx.Rngs):
+    """Builds an unshared copy of the stages after `exit_stage` ('same', 'small') or one Linear ('fc').
+
+    Args:
+      encoder: the backbone (read for its architecture only; nothing is shared).
+      exit_stage: 1-based stage whose output feeds the sub-network.
+      kind: 'fc', 'small' or 'same'.
+      model_cfg: `config.model` (BatchNorm group size and momentum, compute dtype).
+      rngs: initialisation keys.
+    """
+    in_dim = encoder.stage_dims[exit_stage - 1]
+    self.fc = nnx.Linear(in_dim, encoder.out_dim, rngs=rngs) if kind == 'fc' else None
+    stages = []
+    if kind != 'fc':
+      dtype = jnp.dtype(model_cfg.dtype)
+      norm = functools.partial(BatchNorm, group_size=model_cfg.bn_group_size, momentum=model_cfg.bn_momentum,
+                               dtype=dtype)
+      for i in range(exit_stage, len(encoder.stage_dims)):
+        blocks = encoder.stage_blocks[i] if kind == 'same' else max(1, encoder.stage_blocks[i] // 2)
+        stages.append(resnet.make_stage(encoder.block_kind, in_dim, encoder.stage_widths[i], blocks, 2,
+                                        norm=norm, dtype=dtype, rngs=rngs))
+        in_dim = stages[-1][-1].out_dim
+    self.stages = nnx.List(stages)
+    self.out_dim = encoder.out_dim
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """(B, H, W, C) exit-stage output -> (B, out_dim) float32 features."""
+    for stage in self.stages:
+      for block in stage:
+        x = block(x, train=train)
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return self.fc(pooled) if self.fc is not None else pooled
+
+
+class SelfConModel(nnx.Module):
+  """Backbone ResNet + optional sub-network exit, one projection head per exit, input normalisation."""
+
+  def __init__(self, encoder, head, sub_network, sub_head, *, exit_stage: int, mean, std):
+    self.encoder = encoder
+    self.head = head
+    self.sub_network = sub_network   # None for the SupCon baselines
+    self.sub_head = sub_head
+    self.exit_stage = exit_stage
+    self.exit_names = ('backbone', 'sub') if sub_network is not None else ('backbone',)
+    # Static tuples: part of the graph definition, so a restored model normalises exactly as it trained.
+    self.mean, self.std = tuple(mean), tuple(std)
+
+  def features(self, images, *, train: bool):
+    """Backbone features (N, D) of float images in [0, 1], shape (N, H, W, C): what evaluation reads."""
+    return self.encoder(augment.normalize(images, self.mean, self.std), train=train)
+
+  def exit_features(self, images, *, train: bool) -> tuple:
+    """Features of every exit, in `exit_names` order: (backbone (N, D), sub-network (N, D)) or (backbone,).
+
+    One backbone pass: the sub-network reads the exit stage's output of that same pass.
+    """
+    x = augment.normalize(images, self.mean, self.std)
+    if self.sub_network is None:
+      return (self.encoder(x, train=train),)
+    h, stages = self.encoder(x, train=train, return_stages=True)
+    return h, self.sub_network(stages[self.exit_stage - 1], train=train)
+
+  def exit_model(self, name: str) -> nnx.Module:
+    """A module whose `features` (and `encoder`) are those of exit `name`, for `ssl_jax.encoder.Encoder`."""
+    if name not in self.exit_names:
+      raise UserError(f'exit {name!r} does not exist; this model has {", ".join(self.exit_names)}')
+    return self if name == 'backbone' else SubExit(self)
+
+  def __call__(self, images, *, train: bool):
+    """Projections (N, E, P) of every exit (sub-network first, backbone last) and backbone features (N, D)."""
+    feats = self.exit_features(images, train=train)
+    z = [self.head(feats[0], train=train)]
+    if self.sub_network is not None:
+      z.insert(0, self.sub_head(feats[1], train=train))
+    return jnp.stack(z, axis=1), feats[0]
+
+
+class SubExit(nnx.Module):
+  """The sub-network exit of a SelfConModel seen as an encoder model (`features`, `encoder`)."""
+
+  def __init__(self, model: SelfConModel):
+    self.model = model
+
+  @property
+  def encoder(self):
+    return self.model.encoder
+
+  def features(self, images, *, train: bool):
+    """Sub-network features (N, D) of float images in [0, 1]."""
+    return self.model.exit_features(images, train=train)[1]
+
+
+def _head(model_cfg, in_dim: int, *, rngs: nnx.Rngs) -> MLPHead:
+  h = model_cfg.head
+  # hidden_dim 0 = the exit's own width: SelfCon's head is d -> d -> ReLU -> out_dim.
+  return MLPHead(in_dim, hidden_dim=h.hidden_dim or in_dim, out_dim=h.out_dim, num_layers=h.num_layers,
+                 use_bn=h.use_bn, last_bn=h.last_bn, activation=h.activation,
+                 bn_group_size=model_cfg.bn_group_size, bn_momentum=model_cfg.bn_momentum, rngs=rngs)
+
+
+def build_model(config, *, in_channels, rngs):
+  """The backbone of `config.model`, its head and, for the SelfCon variants, the sub-network and its head."""
+  check_config(config)
+  encoder = common.build_encoder(config, in_channels=in_channels, rngs=rngs)
+  head = _head(config.model, encoder.out_dim, rngs=rngs)
+  sub_network = sub_head = None
+  k = config.selfcon.exit_stage
+  if variant(config).sub_network:
+    stages = len(encoder.stage_dims)
+    if not 1 <= k < stages:
+      raise UserError(f'selfcon.exit_stage={k} must lie in 1..{stages - 1}: the sub-network branches off '
+                      f'after a stage of the {stages}-stage backbone and replaces the ones after it')
+    sub_network = SubNetwork(encoder, k, config.selfcon.sub_net, model_cfg=config.model, rngs=rngs)
+    sub_head = _head(config.model, sub_network.out_dim, rngs=rngs)
+  mean, std = data.image_stats(config.data.name, in_channels)
+  return SelfConModel(encoder, head, sub_network, sub_head, exit_stage=k, mean=mean, std=std)
+
+
+# ----------------------------------------------------------------------------------------------- step
+def num_views(config) -> int:
+  """Views per image, from the variant: 1 (SelfCon, SelfCon-SU, SupCon-S) or 2."""
+  return variant(config).views
+
+
+def make_views(key, batch, ctx):
+  """`num_views` augmented views (B, V, R, R, C) in [0, 1], all drawn from `config.augment`."""
+  config = ctx.config
+  return augment.make_views(key, batch['image'], [config.augment] * num_views(config), ctx.resolution)
+
+
+def objective(z, labels, *, name: str, alpha: float, temperature: float, base_temperature: float | None,
+              mu_other_view_positive: bool = False):
+  """The loss of variant `name` on projections of every view and exit (official `main_represent._train`).
+
+  Args:
+    z: (B, V, E, P) projections: V views, E exits (sub-network first, backbone last; E = 1 for baselines).
+    labels: (B,) integer labels; ignored by the unsupervised variants.
+    name: a key of VARIANTS.
+    alpha: 0 for the plain variants; > 0 for the "*" variants (sub-network anchors only, times alpha, plus
+      the backbone-only term).
+    temperature: τ.
+    base_temperature: scale every term by τ / base_temperature (official: 0.07); None for no scaling.
+    mu_other_view_positive: SelfCon-MU: the image's other view is a positive (else, as the official code,
+      each view is its own instance).
+
+  Returns:
+    Scalar float32 loss.
+  """
+  v = VARIANTS[name]
+  b, views, exits, p = z.shape
+  labels = labels if v.labels else None
+  loss = functools.partial(losses.selfcon_loss, temperature=temperature, base_temperature=base_temperature)
+  if not alpha:
+    if name == 'selfcon_mu' and not mu_other_view_positive:
+      return loss(z.reshape(b * views, exits, p))
+    return loss(z.reshape(b, views * exits, p), labels)
+  sub_anchors = tuple(i * exits + e for i in range(views) for e in range(exits - 1))
+  total = alpha * loss(z.reshape(b, views * exits, p), labels, anchor_views=sub_anchors)
+  if views > 1 or labels is not None:  # single-view SelfCon-SU* has no backbone term (official code)
+    total = total + loss(z[:, :, -1], labels)
+  return total
+
+
+def loss_fn(model, views, batch, key, ctx):
+  """All views through the multi-exit model in one pass -> `objective`."""
+  del key
+  config = ctx.config
+  b, n = views.shape[:2]
+  # Example-major rows (B·V): each device keeps its rows and ghost BatchNorm groups do not depend on devices.
+  z, h = model(views.reshape(b * n, *views.shape[2:]), train=True)
+  z = z.reshape(b, n, *z.shape[1:])
+  cfg = config.selfcon
+  loss = objective(z, batch['label'], name=cfg.variant, alpha=cfg.alpha, temperature=config.loss.temperature,
+                   base_temperature=BASE_TEMPERATURE if cfg.official_temperature_scaling else None,
+                   mu_other_view_positive=cfg.mu_other_view_positive)
+  metrics = common.contrastive_metrics(z.reshape(b, n * z.shape[2], -1))
+  return loss, (metrics, ctx.extra, h.reshape(b, n, -1)[:, 0])
