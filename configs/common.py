@@ -36,11 +36,21 @@ def base_config() -> ml_collections.ConfigDict:
   # with its view size, length and optimizer changes (ssl_jax/stages.py); () = one stage of data.image_size.
   c.stages = ()
   c.distributed = False         # call jax.distributed.initialize() (multi-host)
+  # A non-finite loss (README "Reliability"): 'stop' (exit 1), 'skip_step' (that step's update is dropped on
+  # the device), or 'rollback' (back to the last checkpoint, on with the next batch; at most
+  # nan_max_rollbacks times per launch, then stop).
+  c.on_nan = 'stop'
+  c.nan_max_rollbacks = 3
+  # Resume from a workdir whose checkpoint was trained with a different config (e.g. continue it with a new
+  # learning rate or dataset): the differing fields are printed and the run goes on.
+  c.resume_from_different_config = False
 
   c.model = ml_collections.ConfigDict(dict(
       name='resnet18', stem='cifar', width=1.0, num_stages=0,  # 0 keeps every stage
       bn_group_size=0,          # 0: BatchNorm over the global batch; G: over fixed groups of G examples
-      bn_momentum=0.9, dtype='float32'))
+      # Compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; params, optimizer state, BatchNorm
+      # statistics, heads and loss logits stay float32 (ssl_jax/models/precision.py).
+      bn_momentum=0.9, dtype='auto'))
   c.model.head = ml_collections.ConfigDict(dict(
       num_layers=2, hidden_dim=2048, out_dim=128, use_bn=True, last_bn=False, activation='relu'))
 
@@ -60,8 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
       schedule='warmup_cosine', cosine_t_max_steps=0))  # ssl_jax/optim.py: 'periodic_cosine' is RepMix's
 
   # reduction: 'mean_of_log' (NT-Xent / SupCon, -mean log p) or 'log_of_mean' (-log mean p: the RepMix code's
-  # form, two views and no labels; ssl_jax/losses.py nt_xent_log_of_mean).
-  c.loss = ml_collections.ConfigDict(dict(temperature=0.2, reduction='mean_of_log'))
+  # form, two views and no labels; ssl_jax/losses.py nt_xent_log_of_mean). chunk_size: 0 builds the whole
+  # N x N logit matrix of the contrastive losses at once; C > 0 runs C anchors at a time with the chunk's
+  # logits recomputed in the backward pass: same loss and gradients, memory O(N·C) (very large batches).
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.2, reduction='mean_of_log', chunk_size=0))
 
   # Representation mixing (method 'repmix', Sharma et al., BDA 2024; ssl_jax/methods/repmix.py): projections
   # mixed as λ·g(f(clean)) + (1 - λ)·g(f(augmented)); λ = mix_weight (0.5: the paper's plain sum, up to a
@@ -80,7 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   # the encoder, in pre-training only. Groups of group_size consecutive samples of the global batch;
   # num_layers=0: no embedding layer (fusion off); gate 'learned' (α from gate_init) or 'schedule' (α rises
   # to gate_max over the run); share_groups: both views use the same group partners (off by default: the loss
-  # can then be solved through the partners' content, see ssl_jax/methods/fusion.py); placement: 'input'.
+  # can then be solved through the partners' content, see ssl_jax/methods/fusion.py); placement: 'input'
+  # (the images) or 'stem' (the stem's output).
   c.fusion = ml_collections.ConfigDict(dict(
       enabled=False, placement='input', patch_size=4, group_size=4, num_layers=2, width=128, kernel_size=3,
       norm='layer', activation='gelu', gate='learned', gate_init=0.0, gate_max=1.0, share_groups=False))

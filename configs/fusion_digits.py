@@ -10,8 +10,9 @@ Commands (2-core CPU, about 2.5 minutes of training per run; both runs of a fram
       --grid 'fusion.enabled=False,True' --workdir /tmp/fusion_digits/simclr
   python launch/sweep.py --config configs/fusion_digits.py:framework=byol \
       --grid 'fusion.enabled=False,True' --workdir /tmp/fusion_digits/byol
-Expected: not measured yet. SimCLR without fusion is the quickstart (measured with ssl_jax: kNN 81.3%,
-linear 90.7%).
+Expected (measured with ssl_jax, one run each, README "Batch fusion"): kNN / linear top-1 SimCLR 81.3 / 90.7
+without fusion, 76.3 / 88.0 with it; BYOL 47.3 / 51.7 without (it barely learns in this short setting),
+71.0 / 62.7 with it (α rose to 2.9).
 
 Arguments (comma-separated): framework=simclr|byol, fusion=true|false, runlocal (seconds-long smoke run).
 """

@@ -13,9 +13,10 @@ Command (trains both, then reports kNN against steps and against wall-clock):
 or one at a time:
   python -m ssl_jax.main --config configs/repmix_digits.py --workdir /tmp/repmix_digits
   python -m ssl_jax.main --config configs/repmix_digits.py:method=simclr --workdir /tmp/simclr_digits_rm
-Expected: the SimCLR run is the quickstart: about 81% kNN top-1 (k=20) after 150 steps, about 140 s of
-training on the 2-core CPU (measured with ssl_jax, README). RepMix forwards 4 x 256 images per step against
-SimCLR's 2 x 256, so its run should take about twice as long; its accuracy is not measured yet.
+Expected (measured with ssl_jax, one run each, 2-core CPU; README "Representation mixing"): SimCLR 81.3% kNN
+top-1 (k=20) / 90.7% linear after 150 steps in 163 s of training; RepMix 84.3% / 91.0% in 299 s (1.94x the
+time per step: it encodes 4 x 256 images per step against SimCLR's 2 x 256); both first reach 81.3% at
+step 125.
 
 Arguments (comma-separated): method=repmix|simclr, recipe=quickstart|official, runlocal (the seconds-long
 smoke variant).

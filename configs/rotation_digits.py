@@ -14,10 +14,10 @@ Command (2-core CPU; both runs one after the other, then DIR/compare.md and DIR/
       --baseline configs/rotation_digits.py:rotation=false --candidate configs/rotation_digits.py
 (`:framework=simclr` on both for SimCLR.) It reports each run's final kNN top-1, the first step at which
 each reaches the baseline's final kNN top-1, the wall-clock to get there and the step-time ratio.
-Expected: the accuracies are not measured yet with ssl_jax (the README will give them). Runtime on the
-2-core CPU development machine, from a few steps measured with ssl_jax: 1.08 s per BYOL step and 1.83 s per
-BYOL + rotation step (1.7x), so about 2.7 and 4.6 minutes of training for the 150 steps, plus the kNN
-evaluations.
+Expected (measured with ssl_jax, one run each, 2-core CPU; README "Rotation prediction"): final kNN / linear
+top-1 SimCLR 81.3 / 90.7 without rotation, 76.3 / 85.7 with it (1.89x the time per step: 0.97 s vs 1.84 s);
+BYOL 47.3 / 51.7 without, 45.0 / 61.7 with it: BYOL does not learn in this short untuned setting (its kNN
+stays at the random encoder's 60% or below), so the paper's BYOL claim is not testable here.
 
 Arguments (comma-separated): framework=byol|simclr, rotation=true|false, runlocal (seconds-long smoke run).
 """

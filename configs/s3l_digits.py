@@ -19,8 +19,9 @@ wall-clock). Commands:
   python -m ssl_jax.main --config configs/s3l_digits.py:res=24 --workdir runs/s3l_digits_24
   python -m ssl_jax.main --config configs/s3l_digits.py:res=24to48 --workdir runs/s3l_digits_24to48
   python -m ssl_jax.report runs/s3l_digits_48 runs/s3l_digits_24 runs/s3l_digits_24to48 --out runs/s3l_digits
-Expected: not measured yet; S3L's claim, transposed, is that res=24 and res=24to48 match or beat res=48 at
-this equal compute. Whatever it shows is what the README reports.
+Expected (measured with ssl_jax, one run each, 2-core CPU; README "S3L"): kNN / linear top-1 at 48 px:
+res=48 61.0 / 85.7 (624 s of training), res=24 95.0 / 98.0 (475 s), res=24to48 88.0 / 95.7 (539 s); a
+random encoder 64.7 / 78.7.
 
 Arguments (comma-separated): res=48|24|24to48 (default 24to48), budget=100 (48-px steps), runlocal (a few
 steps of a tiny network at 16 / 24 px).

@@ -18,7 +18,10 @@ same training time, not the same steps. Measure the step times, then train each 
   python -m ssl_jax.report /tmp/sc_digits_supcon /tmp/sc_digits_selfcon /tmp/sc_digits_supcon_s --out /tmp/sc
 The time-to-accuracy view of the same pair: `python -m ssl_jax.compare --workdir /tmp/sc_cmp
 --baseline configs/selfcon_digits.py:variant=supcon --candidate configs/selfcon_digits.py`.
-Expected: not measured yet with ssl_jax (the README gives the figures once measured). Runtime on the 2-core
+Expected (measured with ssl_jax, one run each, 2-core CPU; README "SelfCon"): kNN / linear top-1 SupCon
+(150 steps) 54.3 / 63.0, SupCon-S (305 steps, equal time) 72.3 / 84.0, SelfCon (296 steps, equal time)
+48.3 / 45.3 (sub-network 52.3, ensemble 58.0); a random encoder 60.0 / 55.0: the SupCon-family losses learn
+slowly on the digits with this recipe. Runtime on the 2-core
 CPU development machine: about 2-3 minutes per run (the quickstart's SimCLR, also two views, trains 150
 steps in about 140 s).
 

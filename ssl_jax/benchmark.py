@@ -51,7 +51,8 @@ def _compiled_step(config, mesh):
   source = data.get_source(config.data, split=config.data.train_split, train=True,
                            num_views=method.num_views(config))
   batch = next(source.train_batches(global_batch_size=config.batch_size, seed=config.seed, start_step=0,
-                                    process_index=jax.process_index(), process_count=jax.process_count()))
+                                    process_index=jax.process_index(), process_count=jax.process_count(),
+                                    partners=method.needs_partners(config)))
   model = method.build_model(config, in_channels=batch['image'].shape[-1], rngs=nnx.Rngs(config.seed))
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   total = 1000  # only the learning-rate schedule reads it

@@ -1,7 +1,8 @@
 """The one exception type for bad user input.
 
 Anything raised as `UserError` is printed by the CLI as a single line and exits with code 2, before any
-compute and without touching the workdir. The message names the problem and says how to fix it.
+compute and without touching the workdir. The message names the problem and says how to fix it. One comes
+later: a full disk while saving stops the run with the newest complete checkpoint intact.
 """
 
 

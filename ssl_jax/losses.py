@@ -3,6 +3,12 @@
 Every function here takes global-batch arrays and is plain array code: under `jax.jit` with the batch sharded
 on the mesh's `data` axis, XLA inserts the collectives, so there is no gather or rank arithmetic anywhere.
 Logits and log-sum-exp are computed in float32 whatever the input dtype.
+
+The SupCon-family losses (`contrastive_loss`, `selfcon_loss`, `nt_xent_log_of_mean`) take `chunk_size`: 0
+builds the whole (anchors x vectors) logit matrix at once; C > 0 runs the anchors C at a time in a
+`jax.lax.map` whose body is rematerialised (`jax.checkpoint`), so neither the forward nor the backward pass
+ever holds more than C rows of logits: O(N·C) memory instead of O(N²) for N vectors, the same value and
+gradients (up to float32 summation order), and the forward matmuls done twice.
 """
 import jax
 import jax.numpy as jnp
@@ -17,7 +23,59 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
-def contrastive_loss(features: jax.Array, labels: jax.Array | None = None, *, temperature: float) -> jax.Array:
+def _anchor_log_probs(anchors: jax.Array, anchor_rows: jax.Array, anchor_ids: jax.Array, keys: jax.Array,
+                      key_ids: jax.Array, *, temperature: float, chunk_size: int = 0):
+  """For each anchor: the mean over its positives of log softmax over every other vector, and if it has any.
+
+  Anchor a is the vector `keys[anchor_rows[a]]`, left out of its own softmax; its positives are the other
+  vectors whose id equals `anchor_ids[a]`.
+
+  Args:
+    anchors: (A, D) float32 anchor vectors (L2-normalised by the caller).
+    anchor_rows: (A,) int32 row of each anchor among `keys`.
+    anchor_ids: (A,) ids of the anchors (example index or label).
+    keys: (N, D) float32 vectors of the softmax (L2-normalised).
+    key_ids: (N,) their ids.
+    temperature: softmax temperature τ.
+    chunk_size: anchors per chunk, each chunk's logits rebuilt in the backward pass; 0 (or >= A): all at once.
+
+  Returns:
+    (mean_log_prob_pos (A,) float32, 0 where the anchor has no positive; has_pos (A,) bool).
+  """
+  if chunk_size < 0:
+    raise ValueError(f'chunk_size={chunk_size} must be >= 0 (0 = no chunking)')
+  num_keys = keys.shape[0]
+
+  def rows(chunk):
+    a, a_rows, a_ids = chunk
+    logits = jnp.matmul(a, keys.T, precision=jax.lax.Precision.HIGHEST) / temperature
+    is_self = a_rows[:, None] == jnp.arange(num_keys)[None, :]
+    logits = jnp.where(is_self, _SELF_LOGIT, logits)
+    log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
+    positive = (a_ids[:, None] == key_ids[None, :]) & ~is_self
+    num_pos = positive.sum(axis=1)
+    return jnp.where(positive, log_prob, 0.0).sum(axis=1) / jnp.maximum(num_pos, 1), num_pos > 0
+
+  total = anchors.shape[0]
+  if not chunk_size or chunk_size >= total:
+    return rows((anchors, anchor_rows, anchor_ids))
+  # Padding anchors (zero vectors at row -1, no key) give finite values that are cut off below.
+  pad = -total % chunk_size
+  chunks = (jnp.pad(anchors, ((0, pad), (0, 0))), jnp.pad(anchor_rows, (0, pad), constant_values=-1),
+            jnp.pad(anchor_ids, (0, pad)))
+  chunks = jax.tree.map(lambda x: x.reshape(-1, chunk_size, *x.shape[1:]), chunks)
+  # Without the checkpoint the backward pass of the map would keep every chunk's logits: O(N²) again.
+  mean_log_prob_pos, has_pos = jax.lax.map(jax.checkpoint(rows, prevent_cse=False), chunks)
+  return mean_log_prob_pos.reshape(-1)[:total], has_pos.reshape(-1)[:total]
+
+
+def _mean_over_anchors_with_positives(mean_log_prob_pos: jax.Array, has_pos: jax.Array) -> jax.Array:
+  """-mean of `mean_log_prob_pos` over the anchors that have a positive; 0 if none has."""
+  return -jnp.where(has_pos, mean_log_prob_pos, 0.0).sum() / jnp.maximum(has_pos.sum(), 1)
+
+
+def contrastive_loss(features: jax.Array, labels: jax.Array | None = None, *, temperature: float,
+                     chunk_size: int = 0) -> jax.Array:
   """NT-Xent (SimCLR) without labels, SupCon's L_out with labels, over every view of every example.
 
   All B·V vectors are anchors. For an anchor, the softmax runs over every *other* vector of the batch; its
@@ -33,6 +91,7 @@ def contrastive_loss(features: jax.Array, labels: jax.Array | None = None, *, te
     features: (B, V, D) projections; L2-normalised here, so raw projector outputs are fine.
     labels: optional (B,) integer class labels.
     temperature: softmax temperature τ.
+    chunk_size: 0: the (B·V)² logits at once; C > 0: C anchors at a time, O(B·V·C) memory (module docstring).
 
   Returns:
     Scalar float32 loss.
@@ -45,19 +104,10 @@ def contrastive_loss(features: jax.Array, labels: jax.Array | None = None, *, te
   b, v, d = features.shape
   # View-major rows: row i·B + n is view i of example n. Any fixed order gives the same mean.
   z = l2_normalize(jnp.swapaxes(features, 0, 1).reshape(v * b, d))
-  ids = jnp.arange(b) if labels is None else labels
-  ids = jnp.tile(ids, v)
-
-  logits = jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
-  is_self = jnp.eye(v * b, dtype=bool)
-  logits = jnp.where(is_self, _SELF_LOGIT, logits)
-  log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
-
-  positive = (ids[:, None] == ids[None, :]) & ~is_self
-  num_pos = positive.sum(axis=1)
-  mean_log_prob_pos = jnp.where(positive, log_prob, 0.0).sum(axis=1) / jnp.maximum(num_pos, 1)
-  has_pos = num_pos > 0
-  return -jnp.where(has_pos, mean_log_prob_pos, 0.0).sum() / jnp.maximum(has_pos.sum(), 1)
+  ids = jnp.tile(jnp.arange(b) if labels is None else labels, v)
+  per_anchor = _anchor_log_probs(z, jnp.arange(v * b), ids, z, ids, temperature=temperature,
+                                 chunk_size=chunk_size)
+  return _mean_over_anchors_with_positives(*per_anchor)
 
 
 def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
@@ -123,8 +173,8 @@ def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: f
 
 
 def selfcon_loss(features: jax.Array, labels: jax.Array | None = None, *, temperature: float,
-                 anchor_views: tuple[int, ...] | None = None,
-                 base_temperature: float | None = None) -> jax.Array:
+                 anchor_views: tuple[int, ...] | None = None, base_temperature: float | None = None,
+                 chunk_size: int = 0) -> jax.Array:
   """SupCon-style loss over the exits and views of every image, with a choice of anchors (SelfCon).
 
   Each example has V vectors (SelfCon: one per exit of the multi-exit network, times the views). Anchors are
@@ -143,6 +193,7 @@ def selfcon_loss(features: jax.Array, labels: jax.Array | None = None, *, temper
     anchor_views: static indices into V of the anchor vectors; None makes all V anchors.
     base_temperature: when given, the loss is multiplied by τ / base_temperature, the scaling that SupCon's
       and SelfCon's official code apply (base 0.07).
+    chunk_size: 0: all anchors' logits at once; C > 0: C anchors at a time (module docstring).
 
   Returns:
     Scalar float32 loss.
@@ -162,22 +213,13 @@ def selfcon_loss(features: jax.Array, labels: jax.Array | None = None, *, temper
   ids = jnp.tile(jnp.arange(b) if labels is None else labels, v)
   anchors = jnp.concatenate([z[i * b:(i + 1) * b] for i in anchor_views])
   rows = jnp.concatenate([jnp.arange(b) + i * b for i in anchor_views])
-  anchor_ids = ids[rows]
-
-  logits = jnp.matmul(anchors, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
-  is_self = rows[:, None] == jnp.arange(v * b)[None, :]
-  logits = jnp.where(is_self, _SELF_LOGIT, logits)
-  log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
-
-  positive = (anchor_ids[:, None] == ids[None, :]) & ~is_self
-  num_pos = positive.sum(axis=1)
-  mean_log_prob_pos = jnp.where(positive, log_prob, 0.0).sum(axis=1) / jnp.maximum(num_pos, 1)
-  has_pos = num_pos > 0
-  loss = -jnp.where(has_pos, mean_log_prob_pos, 0.0).sum() / jnp.maximum(has_pos.sum(), 1)
+  per_anchor = _anchor_log_probs(anchors, rows, ids[rows], z, ids, temperature=temperature,
+                                 chunk_size=chunk_size)
+  loss = _mean_over_anchors_with_positives(*per_anchor)
   return loss * (temperature / base_temperature) if base_temperature else loss
 
 
-def nt_xent_log_of_mean(features: jax.Array, *, temperature: float) -> jax.Array:
+def nt_xent_log_of_mean(features: jax.Array, *, temperature: float, chunk_size: int = 0) -> jax.Array:
   """NT-Xent with the mean over anchors taken inside the log: -log((1/N) Σ_j p_j), N = 2B.
 
   The loss of the official RepMix code (Sharma et al., BDA 2024, `Loss/loss.py`), which it also uses for its
@@ -192,6 +234,7 @@ def nt_xent_log_of_mean(features: jax.Array, *, temperature: float) -> jax.Array
     features: (B, 2, D) projections; row (i, 0) and row (i, 1) are each other's positive, every other row
       is a negative. L2-normalised here.
     temperature: softmax temperature τ (0.5 in the RepMix code).
+    chunk_size: 0: the (2B)² logits at once; C > 0: C anchors at a time (module docstring).
 
   Returns:
     Scalar float32 loss.
@@ -205,13 +248,12 @@ def nt_xent_log_of_mean(features: jax.Array, *, temperature: float) -> jax.Array
   if v != 2:
     raise ValueError(f'nt_xent_log_of_mean takes exactly two rows per example, got features of shape '
                      f'{features.shape}')
-  # Example-major rows (2i + k is row k of example i, its positive is row (2i + k) XOR 1): the rows of an
-  # example stay on the device that holds it.
+  # Example-major rows (2i + k is row k of example i, its one positive the other row of example i): the rows
+  # of an example stay on the device that holds it.
   z = l2_normalize(features.reshape(2 * b, d))
-  logits = jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
-  logits = jnp.where(jnp.eye(2 * b, dtype=bool), _SELF_LOGIT, logits)
-  positive = jnp.arange(2 * b) ^ 1
-  log_p = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0] - jax.nn.logsumexp(logits, axis=1)
+  ids = jnp.repeat(jnp.arange(b), 2)
+  log_p, _ = _anchor_log_probs(z, jnp.arange(2 * b), ids, z, ids, temperature=temperature,
+                               chunk_size=chunk_size)
   return -(jax.nn.logsumexp(log_p) - jnp.log(2.0 * b))
 
 

@@ -1,7 +1,9 @@
 """Command line: `python -m ssl_jax.main --config configs/NAME.py[:ARG] --workdir DIR [--config.a.b=VALUE ...]`.
 
-Exit codes: 0 done; 2 bad input (one line on stderr says what and how to fix it; nothing was written);
-1 the loss became non-finite (the last good checkpoint is kept); 143 stopped by SIGTERM/SIGINT after saving.
+Exit codes: 0 done; 2 bad input (one line on stderr says what and how to fix it; nothing was written): a bad
+flag or config value, missing data, a checkpoint of a different config, a workdir another live run holds, or
+a full disk while saving (the previous checkpoint is intact); 1 the loss became non-finite and `on_nan` says
+stop (the last good checkpoint is kept); 143 stopped by SIGTERM/SIGINT after saving a checkpoint.
 """
 import os
 import pathlib
@@ -16,6 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from ssl_jax import config_schema  # noqa: E402
 from ssl_jax.errors import NonFiniteLoss, Preempted, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe: configs/NAME.py[:ARG].', lock_config=True)
@@ -42,6 +45,10 @@ def _parse_flags(argv):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO; progress goes to stderr
+  try:
+    config_schema.validate(_CONFIG.value)  # every field, before anything is built or written
+  except UserError as e:
+    _fail(str(e), 2)
   from ssl_jax import train  # imported late so that flag errors are instant
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -52,6 +59,19 @@ def main(argv):
   except Preempted as e:
     _fail(str(e), 143)
   print('results: ' + ', '.join(f'{k}={v}' for k, v in results.items()))
+
+
+def run(argv: list[str]) -> None:
+  """The command line without absl's app wrapper, callable repeatedly (tests): argv[0] is the program name.
+
+  ml_collections reads `--config.*` overrides from sys.argv, so `argv` is installed there first, and it
+  defines a flag per override, so those of an earlier call are removed.
+  """
+  for name in [n for n in flags.FLAGS if n.startswith('config.')]:
+    delattr(flags.FLAGS, name)
+  flags.FLAGS.unparse_flags()
+  sys.argv = list(argv)
+  main(_parse_flags(sys.argv))
 
 
 if __name__ == '__main__':

@@ -24,7 +24,9 @@ class MetricWriter:
     self.last_step, self.last_time = start_step, time.perf_counter()
     if self.enabled:
       from tensorboardX import SummaryWriter  # pure Python: no TensorFlow needed
-      self.jsonl = open(pathlib.Path(workdir) / 'metrics.jsonl', 'a')
+      path = pathlib.Path(workdir) / 'metrics.jsonl'
+      _drop_records_after(path, start_step)
+      self.jsonl = open(path, 'a')
       self.tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
 
   def write(self, step: int, metrics: dict, *, console: bool = True) -> None:
@@ -47,6 +49,15 @@ class MetricWriter:
     if console:
       self._progress(record, rate)
 
+  def event(self, step: int, kind: str, message: str) -> None:
+    """Records something that happened at `step` (e.g. a skipped non-finite step) and prints it."""
+    if not self.enabled:
+      return
+    record = {'step': step, 'time': time.time(), 'event': kind, 'message': message}
+    self.jsonl.write(json.dumps(record) + '\n')
+    self.jsonl.flush()
+    print(f'step {step}: {message}', file=sys.stderr, flush=True)
+
   def _progress(self, record: dict, rate: float) -> None:
     step = record['step']
     shown = ' | '.join(f'{k} {record[k]:.4g}' for k in ('loss', 'lr') if k in record)
@@ -58,3 +69,24 @@ class MetricWriter:
     if self.enabled:
       self.jsonl.close()
       self.tb.close()
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+  """Keeps the records of steps <= `step`: a run resumed there logs the later ones again.
+
+  A run killed after its last checkpoint logged steps it will now redo; without this they would appear
+  twice. A line cut short by the kill is dropped too.
+  """
+  if not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and record.get('step', 0) <= step:
+      kept.append(line + '\n')
+  tmp = path.with_suffix('.jsonl.tmp')
+  tmp.write_text(''.join(kept))
+  tmp.replace(path)  # atomic: a kill now leaves the old file or the new one

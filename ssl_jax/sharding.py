@@ -15,14 +15,38 @@ from ssl_jax.errors import UserError
 DATA_AXIS = 'data'
 
 
-def maybe_initialize_distributed(requested: bool) -> None:
-  """Starts `jax.distributed` when the config or `SSL_JAX_DISTRIBUTED=1` asks for it.
+def _int_from_env(name: str) -> int | None:
+  text = os.environ.get(name)
+  if not text:
+    return None
+  try:
+    return int(text)
+  except ValueError:
+    raise UserError(f'{name}={text!r} is not an integer; set it to a whole number '
+                    '(launch/gpu.sh sets it from --num_processes / --process_id)') from None
 
-  On TPU pods, Slurm and Open MPI the coordinator is found automatically; bare GPU hosts set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, which `initialize()` reads.
+
+def maybe_initialize_distributed(requested: bool) -> None:
+  """Starts `jax.distributed` when the config or `SSL_JAX_DISTRIBUTED=1` asks for it (once per process).
+
+  On TPU pods, Slurm and Open MPI, `initialize()` finds the coordinator and the process ids itself. Elsewhere
+  (bare GPU hosts, CPU processes on one machine) set JAX_COORDINATOR_ADDRESS (host:port of process 0),
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID, as launch/gpu.sh does: jax reads only the first of these itself, so
+  the other two are read here and passed on.
+
+  Args:
+    requested: `config.distributed`.
   """
-  if requested or os.environ.get('SSL_JAX_DISTRIBUTED') == '1':
-    jax.distributed.initialize()
+  if not (requested or os.environ.get('SSL_JAX_DISTRIBUTED') == '1') or jax.distributed.is_initialized():
+    return
+  num_processes, process_id = _int_from_env('JAX_NUM_PROCESSES'), _int_from_env('JAX_PROCESS_ID')
+  if (num_processes is None) != (process_id is None):
+    raise UserError('set both JAX_NUM_PROCESSES and JAX_PROCESS_ID, or neither (then the cluster is '
+                    'detected: TPU, Slurm, Open MPI)')
+  if process_id is not None and not 0 <= process_id < num_processes:
+    raise UserError(f'JAX_PROCESS_ID={process_id} is not in 0..{num_processes - 1}; number the processes '
+                    'from 0 to JAX_NUM_PROCESSES - 1')
+  jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import checkpoint, data, methods, optim, report, sharding, stages
-from ssl_jax.errors import NonFiniteLoss, Preempted, UserError
+from ssl_jax import checkpoint, config_schema, data, methods, non_finite, optim, report, sharding, stages
+from ssl_jax.errors import Preempted, UserError
 from ssl_jax.evaluate import frozen, online_probe
 from ssl_jax.metrics import MetricWriter
+from ssl_jax.workdir_lock import WorkdirLock
 
 
 @struct.dataclass
@@ -110,32 +111,36 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, tot
                'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params)}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, extra=extra, probe=probe)
+    if config.on_nan == 'skip_step':
+      new_state, metrics = non_finite.skip_if_non_finite(state, new_state, metrics)
     return new_state, metrics
 
   return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
 
 
-def _fetch_and_check(pending: list) -> None:
-  """Brings the buffered step metrics to the host (in place) and stops at the first non-finite loss."""
-  steps = [step for step, _ in pending]
-  pending[:] = zip(steps, jax.device_get([m for _, m in pending]))
-  for step, m in pending:
-    if not np.isfinite(m['loss']):
-      raise NonFiniteLoss(f'the loss became {float(m["loss"])} at step {step}; the last good checkpoint is '
-                          'kept: lower optimizer.base_lr or raise optimizer.warmup_epochs and resume')
+def _log(pending: list, writer: MetricWriter, image_size: int, data_metrics: dict) -> None:
+  """Writes the mean of the buffered metrics (lr and image size of the last step) and empties the buffer.
 
-
-def _log(pending: list, writer: MetricWriter, image_size: int) -> None:
-  """Writes the mean of the buffered metrics (lr and image size of the last step) and empties the buffer."""
+  Steps skipped for a non-finite loss (on_nan='skip_step') are counted, not averaged.
+  """
   fetched = [m for _, m in pending]
-  mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-  mean.update(lr=float(fetched[-1]['lr']), image_size=image_size)
+  kept = [m for m in fetched if not m.get('nan_skipped') and np.isfinite(m['loss'])] or fetched
+  mean = {k: float(np.mean([m[k] for m in kept])) for k in kept[-1] if k != 'nan_skipped'}
+  if 'nan_skipped' in fetched[-1]:
+    mean['nan_skipped_steps'] = float(sum(m['nan_skipped'] for m in fetched))
+  mean.update(lr=float(fetched[-1]['lr']), image_size=image_size, **data_metrics)
   writer.write(pending[-1][0], mean)
   pending.clear()
 
 
-def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps):
-  """Steps from `state.step` to `total_steps`: log, evaluate, checkpoint, stop cleanly on SIGTERM/SIGINT."""
+def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps,
+          data_metrics):
+  """Steps from `state.step` to `total_steps`: log, evaluate, checkpoint, stop cleanly on SIGTERM/SIGINT.
+
+  A non-finite loss is handled by `config.on_nan` (ssl_jax/non_finite.py) whenever metrics are fetched.
+  """
+  guard = non_finite.Guard(config, ckpt, writer)
+  guard.prepare(state)
   preemption = _PreemptionFlag()
   pending = []
   try:
@@ -148,9 +153,11 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
       saving = done % config.checkpoint_every_steps == 0 or done == total_steps or stopping
       logging_now = done % config.log_every_steps == 0 or done == total_steps
       if saving or logging_now:
-        _fetch_and_check(pending)  # raises before a bad state can be checkpointed
+        rolled_back = guard.check(pending, state)  # stops before a bad state can be checkpointed
+        if rolled_back is not None:  # the checkpoint's state, moved on to this step; nothing to log
+          state, logging_now = rolled_back, False
       if logging_now:
-        _log(pending, writer, image_size=resolution_at(step))
+        _log(pending, writer, image_size=resolution_at(step), data_metrics=data_metrics)
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
         scores = evaluator.knn(state.params, state.batch_stats)
         # The protocol text goes to results.json at the end; metrics.jsonl holds numbers only.
@@ -176,14 +183,27 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
 
   Returns:
     The final results (also written to `<workdir>/results.json`).
+
+  Raises:
+    UserError: bad input (config, data, an incompatible checkpoint, a workdir another run holds, a full disk).
+    NonFiniteLoss: the loss became NaN/Inf and `config.on_nan` says to stop.
+    Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved.
   """
   # Setup: every check that can fail on bad input runs before any compute or write.
+  config_schema.validate(config)
   workdir = pathlib.Path(workdir)
   jax.config.update('jax_threefry_partitionable', True)  # random bits independent of the sharding
   sharding.maybe_initialize_distributed(config.distributed)
   mesh = sharding.make_mesh(devices)
   _validate(config, mesh)
   method = methods.get_method(config)
+  # One live run per workdir (released however the run ends); taken before the checkpointer cleans up.
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_in_workdir(config, workdir, mesh, method)
+
+
+def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
+  """The rest of `train_and_evaluate`, in the locked workdir: restore, train, evaluate."""
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   ckpt.check_compatible(config)
 
@@ -246,9 +266,13 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
                                  global_batch_size=config.batch_size, seed=config.seed,
                                  process_index=jax.process_index(), process_count=jax.process_count(),
                                  partners=method.needs_partners(config))
+  # Images the source could not decode and left out (image_folder), reported with every log record.
+  skipped = getattr(train_source, 'skipped_images', None)
+  data_metrics = {} if skipped is None else {'data/skipped_images': float(skipped)}
   started = time.perf_counter()
   try:
-    state = _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps)
+    state = _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps,
+                  data_metrics)
   finally:
     ckpt.close()
     writer.close()

@@ -4,6 +4,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
@@ -60,3 +61,22 @@ def preempt_after_step_3(config, workdir, monkeypatch) -> None:
     patch.setattr(train.MetricWriter, 'write', write_then_signal)
     with pytest.raises(Preempted, match='after step 3'):
       train.train_and_evaluate(config, workdir)
+
+
+def poison_params_before(monkeypatch, steps) -> None:
+  """Makes the parameters NaN just before the steps at these 0-based positions, in every run that follows.
+
+  What a diverging update would leave behind, without changing the compiled step (its cache entry is shared).
+  """
+  make = train.make_train_step
+
+  def make_poisoned(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def poisoned(state, batch):
+      if int(state.step) in steps:
+        state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+      return step_fn(state, batch)
+    return poisoned
+
+  monkeypatch.setattr(train, 'make_train_step', make_poisoned)

@@ -124,11 +124,12 @@ def test_gradients_reach_alpha_and_the_embedding_weights():
 
 
 # ----------------------------------------------------------------------------------------------- the add-on
-def _tiny(framework='simclr', fusion_on=True):
+def _tiny(framework='simclr', fusion_on=True, placement='input'):
   """The runlocal recipe on 16-px synthetic images, with one ResNet stage: quick to trace and compile."""
   c = runs.tiny_synthetic(lambda a: fusion_cifar.get_config(f'{a},framework={framework}'))
   c.model.num_stages = 1
   c.fusion.enabled = fusion_on
+  c.fusion.placement = placement
   return c
 
 
@@ -136,12 +137,13 @@ def _flat(state) -> dict:
   return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(state)}
 
 
-def test_first_step_at_alpha_zero_equals_the_framework_alone():
+@pytest.mark.parametrize('placement', ['input', 'stem'])
+def test_first_step_at_alpha_zero_equals_the_framework_alone(placement):
   batch = {'image': jnp.zeros((16, 16, 16, 3), jnp.uint8), 'label': jnp.arange(16) % 10}
   views = _images((16, 2, 16, 16, 3))  # augmentation is the framework's, the same with or without fusion
   out = {}
   for on in (False, True):
-    c = _tiny(fusion_on=on)
+    c = _tiny(fusion_on=on, placement=placement)
     method = methods.get_method(c)
     graphdef, params, stats = nnx.split(method.build_model(c, in_channels=3, rngs=nnx.Rngs(0)), nnx.Param,
                                         nnx.BatchStat)
@@ -164,9 +166,10 @@ def test_first_step_at_alpha_zero_equals_the_framework_alone():
   assert fused_grads[('fusion', 'alpha')] != 0.0
 
 
+@pytest.mark.parametrize('placement', ['input', 'stem'])
 @pytest.mark.parametrize('framework', list(fusion_cifar.FRAMEWORKS))
-def test_plugs_into_every_framework(framework):
-  c = _tiny(framework)
+def test_plugs_into_every_framework(framework, placement):
+  c = _tiny(framework, placement=placement)
   method = methods.get_method(c)
   batch = {'image': jnp.zeros((16, 16, 16, 3), jnp.uint8), 'label': jnp.arange(16) % 10}
 
@@ -181,6 +184,10 @@ def test_plugs_into_every_framework(framework):
   params, extra, loss, metrics, features = jax.eval_shape(step)  # traced, not compiled: cheap
   assert 'fusion' in params and loss.shape == () and 'fusion_alpha' in metrics
   assert features.shape[0] == 16
+  # Its first conv stacks G patches of P x P pixels of the images (3 channels) or of the stem's 8 channels.
+  channels = 8 if placement == 'stem' else 3
+  stacked = c.fusion.group_size * c.fusion.patch_size**2 * channels
+  assert params['fusion']['convs'][0]['kernel'].shape[2] == stacked
   # A momentum target copies the online network only; the fusion layer is never part of it.
   paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(extra)]
   assert not any('fusion' in path for path in paths)
@@ -188,18 +195,46 @@ def test_plugs_into_every_framework(framework):
 
 @pytest.mark.parametrize('change, match', [
     (('batch_size', 18), 'group_size'), (('fusion.patch_size', 3), 'patch_size'),
-    (('fusion.placement', 'stem'), 'placement'), (('fusion.gate', 'ramp'), 'gate'),
-    (('fusion.num_layers', -1), 'num_layers'), (('fusion.norm', 'batch'), 'norm')])
+    (('fusion.placement', 'middle'), 'placement'), (('fusion.gate', 'ramp'), 'gate'),
+    (('fusion.num_layers', -1), 'num_layers'), (('fusion.norm', 'batch'), 'norm'),
+    (('model.stem', 'imagenet', 'fusion.placement', 'stem', 'fusion.patch_size', 8), 'stem stride 4'),
+    (('fusion.placement', 'stem', 'method', 'repmix'), 'not available with method')])
 def test_bad_settings_are_user_errors(change, match):
   c = _tiny()
-  key, value = change
-  *parents, last = key.split('.')
-  node = c
-  for part in parents:
-    node = node[part]
-  node[last] = value
+  for key, value in zip(change[::2], change[1::2]):
+    *parents, last = key.split('.')
+    node = c
+    for part in parents:
+      node = node[part]
+    node[last] = value
   with pytest.raises(UserError, match=match):
     methods.get_method(c)
+
+
+@pytest.mark.parametrize('framework, expected', [
+    ('simclr', [(32, 0)]), ('supcon', [(32, 0)]), ('simsiam', [(32, 0)]),
+    ('byol', [(32, 0), (32, 0)]),      # online, then the target over the same rows: the same partners
+    ('moco', [(16, 0), (16, 1)])])     # queries are view 1, keys view 2
+def test_every_encoder_call_of_a_step_passes_the_stem_hook(framework, expected):
+  """Each framework hands `ctx.after_stem` to all its training-step encoder calls, the target's included."""
+  c = _tiny(framework, fusion_on=False)
+  method = methods.get_method(c)
+  batch = {'image': jnp.zeros((16, 16, 16, 3), jnp.uint8), 'label': jnp.arange(16) % 10}
+  calls = []
+
+  def hook(rows, first_view=0):
+    calls.append((rows.shape[0], first_view))
+    return rows
+
+  def step():
+    model = method.build_model(c, in_channels=3, rngs=nnx.Rngs(0))
+    ctx = methods.StepContext(config=c, resolution=16, step=jnp.int32(1), total_steps=3,
+                              extra=method.init_extra(model, c), after_stem=hook)
+    views = method.make_views(jax.random.key(0), batch, ctx)
+    return method.loss_fn(model, views, batch, jax.random.key(0), ctx)
+
+  jax.eval_shape(step)
+  assert calls == expected
 
 
 def test_zero_layers_is_the_framework_alone():

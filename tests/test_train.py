@@ -1,10 +1,11 @@
-"""The trainer end to end: the quickstart's small variant, 1 vs 8 devices, exact resume, SIGTERM."""
+"""The trainer end to end: the quickstart's small variant, 1 vs 8 devices, exact resume (SIGTERM, kill -9)."""
 import json
 import os
 import pathlib
-import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import simclr_cifar10, simclr_digits, supcon_cifar10
-from ssl_jax import train
+from ssl_jax import checkpoint, train
 from ssl_jax.errors import NonFiniteLoss
 
 import runs
@@ -65,12 +66,19 @@ def straight(tmp_path_factory):
   return workdir
 
 
-def test_one_device_equals_eight_devices(tmp_path, straight):
+@pytest.fixture(scope='module')
+def one_device(tmp_path_factory):
+  """The same run on one device (the crash test compares with it: its subprocesses start faster on one)."""
+  workdir = tmp_path_factory.mktemp('one_device')
+  train.train_and_evaluate(runs.shared_synthetic(), workdir, devices=jax.devices()[:1])
+  return workdir
+
+
+def test_one_device_equals_eight_devices(one_device, straight):
   # Ghost BatchNorm groups and the contrastive logits span devices on 8 devices and not on one. Compared at
   # step 3: float summation order differs, and later steps amplify that beyond any useful tolerance.
-  train.train_and_evaluate(runs.shared_synthetic(), tmp_path / 'one', devices=jax.devices()[:1])
-  np.testing.assert_allclose(runs.logged(tmp_path / 'one')[:3], runs.logged(straight)[:3], rtol=1e-5)
-  one, eight = runs.checkpoints(tmp_path / 'one')[3], runs.checkpoints(straight)[3]
+  np.testing.assert_allclose(runs.logged(one_device)[:3], runs.logged(straight)[:3], rtol=1e-5)
+  one, eight = runs.checkpoints(one_device)[3], runs.checkpoints(straight)[3]
   for a, b in zip(jax.tree.leaves(one['params']), jax.tree.leaves(eight['params'])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -130,26 +138,138 @@ def test_stages_compile_one_step_per_size(tmp_path):
   assert np.isfinite([r['loss'] for r in records]).all()
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  c = _synthetic(steps=6)
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  # The default on_nan='stop'. The parameters turn NaN before the 5th step (the 1-device step of `one_device`,
+  # unchanged); tests/test_reliability.py has the other policies.
+  runs.poison_params_before(monkeypatch, steps=(4,))
+  c = runs.shared_synthetic()
   c.checkpoint_every_steps = 1
-  c.optimizer.base_lr = 1e30   # the parameters overflow within a few steps
-  c.optimizer.warmup_epochs = 0.0
-  with pytest.raises(NonFiniteLoss) as info:
-    train.train_and_evaluate(c, tmp_path / 'run')
-  bad_step = int(re.search(r'at step (\d+)', str(info.value)).group(1))
+  with pytest.raises(NonFiniteLoss, match='at step 5; the last good checkpoint is kept') as info:
+    train.train_and_evaluate(c, tmp_path / 'run', devices=jax.devices()[:1])
+  assert '\n' not in str(info.value) and 'on_nan' in str(info.value)
   kept = sorted(int(s) for s in os.listdir(tmp_path / 'run' / 'checkpoints'))
-  assert kept == list(range(max(1, bad_step - 3), bad_step))  # the last keep_checkpoints=3 good steps
+  assert kept == [2, 3, 4]  # the last keep_checkpoints=3 good steps
   assert all(np.isfinite(p).all() for p in _final_params(tmp_path / 'run'))
+  assert json.loads(open(tmp_path / 'run' / 'metrics.jsonl').readlines()[-1])['event'] == 'nan_stop'
 
 
-def test_online_probe_is_logged_and_costs_the_encoder_no_gradient(tmp_path):
-  with_probe, without = _synthetic(steps=2), _synthetic(steps=2)
-  without.probe.enabled = False
-  train.train_and_evaluate(with_probe, tmp_path / 'with')
-  train.train_and_evaluate(without, tmp_path / 'without')
-  records = [json.loads(l) for l in open(tmp_path / 'with' / 'metrics.jsonl')]
-  assert all(0.0 <= r['probe_top1'] <= 1.0 and np.isfinite(r['probe_loss']) for r in records)
-  assert 'probe_top1' not in json.loads(open(tmp_path / 'without' / 'metrics.jsonl').readline())
-  for a, b in zip(_final_params(tmp_path / 'with'), _final_params(tmp_path / 'without')):
-    np.testing.assert_array_equal(a, b)  # the encoder and heads are bit-identical: the probe took nothing
+def _numpy_checkpoint(workdir, step, like):
+  # Restored as numpy: a 2-process checkpoint names devices 0-3 and 2048-2051, which this process lacks.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as mgr:
+    types = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), like)
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(item=like, restore_args=types))
+    return mgr.restore(step, args=args)['state']
+
+
+def test_two_processes_equal_one_process(tmp_path, straight):
+  # jax.distributed on localhost: 2 CPU processes x 4 devices form the 8-device mesh of `straight`; each reads
+  # its half of every global batch, the collectives cross processes (gloo). No persistent compilation cache
+  # (JAX_* variables are not passed on): with one, the processes drifted apart and gloo, which waits only 30 s
+  # for a late peer, failed the first collective.
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  script = ("import sys; sys.path.insert(0, 'tests'); import runs; from ssl_jax import train; "
+            f"train.train_and_evaluate(runs.shared_synthetic(), {str(tmp_path / 'run')!r})")
+  procs = []
+  inherited = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}  # e.g. a compilation cache
+  for i in range(2):
+    env = {**inherited, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu',
+           'SSL_JAX_DISTRIBUTED': '1', 'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
+           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}
+    with open(tmp_path / f'process{i}.log', 'w') as log:  # not a pipe: a full one would stall the process
+      procs.append(subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT))
+  try:
+    codes = [p.wait(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  logs = [(tmp_path / f'process{i}.log').read_text()[-2000:] for i in range(2)]
+  assert codes == [0, 0], '\n'.join(logs)
+
+  # Only process 0 writes metrics: one record per step, not two.
+  losses, reference = runs.logged(tmp_path / 'run'), runs.logged(straight)
+  assert len(losses) == 6 and sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['3', '6']
+  # Cross-process sums run in another order than in-process ones (not bitwise); step 3 as in 1 vs 8 devices.
+  np.testing.assert_allclose(losses[:3], reference[:3], rtol=1e-5)
+  np.testing.assert_allclose(losses, reference, rtol=1e-3)
+  one = runs.checkpoints(straight)[3]
+  two = _numpy_checkpoint(tmp_path / 'run', 3, one)
+  for a, b in zip(jax.tree.leaves(two['params']), jax.tree.leaves(one['params'])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+_CRASH_SCRIPT = """
+import asyncio, os, sys
+sys.path[:0] = ['.', 'tests']
+if os.environ.get('SLOW_COMMIT'):
+  from orbax.checkpoint._src.path import atomicity
+  commit = atomicity.AtomicRenameTemporaryPath.finalize
+  async def slow_commit(self, *args, **kwargs):
+    await asyncio.sleep(30)  # the checkpoint stays '<step>.orbax-checkpoint-tmp' until the test kills us
+    return await commit(self, *args, **kwargs)
+  atomicity.AtomicRenameTemporaryPath.finalize = slow_commit
+import jax
+import runs
+from ssl_jax import train
+config = runs.shared_synthetic()
+config.checkpoint_every_steps = 1
+train.train_and_evaluate(config, sys.argv[1], devices=jax.devices()[:1])
+"""
+
+
+def _launch_and_kill(workdir, env, kill_when, delay_s=0.0, poll_s=0.02):
+  """Starts a training subprocess, kills it (SIGKILL) `delay_s` after `kill_when()` holds: (status, stderr)."""
+  proc = subprocess.Popen([sys.executable, '-c', _CRASH_SCRIPT, str(workdir)], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and not kill_when() and time.monotonic() < deadline:
+      time.sleep(poll_s)
+    time.sleep(delay_s)
+    proc.kill()  # SIGKILL: no handler, no clean-up
+    stderr = proc.communicate(timeout=60)[1]
+  finally:
+    proc.kill()
+  return proc.returncode, stderr
+
+
+def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, one_device):
+  """Three SIGKILLs, then a run to the end: the same losses and final params as `one_device`, bitwise.
+
+  Each launch is a subprocess running `runs.shared_synthetic()` on one device with a checkpoint after every
+  step (the compiled step comes from the persistent cache). The first launch is killed for sure during a
+  save: its orbax commit (the rename of '<step>.orbax-checkpoint-tmp' to '<step>') is held back, and the kill
+  comes as soon as that half-written directory exists. The next two are killed a seeded random 0-0.3 s after
+  their first new complete checkpoint, at whatever they are doing then (a step, logging, saving, deleting an
+  old checkpoint). No launch may restore the half-written checkpoint, and the workdir lock each leaves behind
+  must not stop the next one.
+  """
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  workdir, rng = tmp_path / 'run', np.random.default_rng(0)
+  ckpt_dir = workdir / 'checkpoints'
+  complete = lambda: {int(p.name) for p in ckpt_dir.glob('*')
+                      if p.name.isdigit() and checkpoint.is_complete(p)}
+  half_written = lambda: list(ckpt_dir.glob('*.orbax-checkpoint-tmp*'))
+
+  code, stderr = _launch_and_kill(workdir, {**env, 'SLOW_COMMIT': '1'}, lambda: bool(half_written()))
+  assert code == -signal.SIGKILL and half_written() and not complete(), stderr[-2000:]
+  for _ in range(2):
+    before = max(complete() | {0})
+    code, stderr = _launch_and_kill(workdir, env, lambda: max(complete() | {0}) > before,
+                                    delay_s=rng.uniform(0.0, 0.3))
+    assert code == -signal.SIGKILL, stderr[-2000:]
+  assert (workdir / 'run.lock').exists()  # left by the killed launch
+
+  proc = subprocess.run([sys.executable, '-c', _CRASH_SCRIPT, str(workdir)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not half_written() and not (workdir / 'run.lock').exists()
+  assert runs.logged(workdir) == runs.logged(one_device)
+  for a, b in zip(_final_params(one_device), _final_params(workdir)):
+    np.testing.assert_array_equal(a, b)  # bitwise

@@ -18,6 +18,10 @@ The training crop is a random-resized crop (`host_crop['mode']` 'random_resized'
 shorter side to S / 0.875 and a random S x S window (torchvision's Resize(256) + RandomCrop(224), the
 fine-tuning crop of S3L's code), cut from the image as one window and resized once.
 
+Unreadable files in an image_folder (corrupt, truncated, not an image) are found by decoding every file once
+when the source is built: they are left out of the split, counted in `skipped_images` (the trainer logs it as
+`data/skipped_images`) and named in a warning; a folder with no readable image is a UserError.
+
 Subsets (`subset`, small-data runs): the chosen examples are found by their position in the split's fixed
 read order (for `per_class`, after one pass over the labels, cached as a .npy file beside the dataset), and
 every pass reads the whole split but decodes only the subset; training caches the subset's undecoded records
@@ -117,6 +121,9 @@ class TfdsSource:
       self.num_examples = len(self._positions)
     else:
       self.num_examples = self._split_size(self._as_dataset(split), split)
+    self._readable = None  # image_folder: bool (N,), which files of the split decode (the others are skipped)
+    if name == 'image_folder':
+      self._find_readable_images()
     self._subset = None
     if subset:
       labels = self._split_labels() if subset.get('per_class') else None
@@ -177,6 +184,42 @@ class TfdsSource:
     n = int(ds.cardinality())
     return n if n >= 0 else self._builder.info.splits[split].num_examples
 
+  # image_folder: files that do not decode are left out (and counted), so they never stop a run.
+
+  def _find_readable_images(self) -> None:
+    """Decodes every image of the split once, sets `skipped_images` and leaves the unreadable ones out.
+
+    Done before training, so the split's examples (and with them the batches of every step, and exact resume)
+    are fixed from the start. JPEGs are decoded at 1/8 scale, which still reads every byte (a truncated
+    file fails) at a fraction of the cost.
+    """
+    tf = _tf()
+
+    def decodes(encoded):
+      small_jpeg = lambda: tf.shape(
+          tf.io.decode_jpeg(encoded, channels=3, ratio=8, dct_method='INTEGER_FAST'))
+      other = lambda: tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))
+      return tf.cond(tf.io.is_jpeg(encoded), small_jpeg, other)
+
+    ds = self._as_dataset(self.split).enumerate()
+    ds = ds.map(lambda i, ex: (i, decodes(ex['image'])), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    readable = np.sort(np.fromiter((i for i, _ in ds.as_numpy_iterator()), np.int64))
+    total, self.skipped_images = self.num_examples, self.num_examples - len(readable)
+    if not self.skipped_images:
+      return
+    kept = set(readable.tolist())
+    files = self._as_dataset(self.split).map(lambda ex: ex['image/filename']).as_numpy_iterator()
+    # <split>/<class>/<file>: where the bad file is, relative to data.root.
+    names = ['/'.join(name.decode().split(os.sep)[-3:]) for i, name in enumerate(files) if i not in kept][:3]
+    if not len(readable):
+      raise UserError(f'none of the {total} images of split {self.split!r} in data.root can be decoded '
+                      f'(e.g. {names[0]}); check that the files are images (JPEG, PNG, GIF, BMP)')
+    logging.warning('Skipping %d of %d images of split %r that cannot be decoded, e.g. %s',
+                    self.skipped_images, total, self.split, ', '.join(names))
+    keep = np.zeros((total,), bool)
+    keep[readable] = True
+    self._readable, self.num_examples = keep, len(readable)
+
   # ImageNet-100: ImageNet-2012 filtered to 100 classes.
 
   def _imagenet100_label_map(self) -> np.ndarray:
@@ -225,7 +268,10 @@ class TfdsSource:
     elif self.name == 'image_folder':
       # ImageFolder has no sub-split API: every process keeps every P-th file (and reads, not decodes, the
       # others). Fine for the small folders it is meant for.
-      ds = self._as_dataset(self.split).shard(process_count, process_index)
+      ds = self._as_dataset(self.split)
+      if self.skipped_images:
+        ds = _keep_positions(ds, self._readable)
+      ds = ds.shard(process_count, process_index)
       count = (self.num_examples - process_index + process_count - 1) // process_count
       if drop_remainder:
         count = self.num_examples // process_count
@@ -456,6 +502,13 @@ class TfdsSource:
                                         'mask': tf.constant(False)}).repeat(total)
     ds = records.map(self._eval_example, num_parallel_calls=_tf().data.AUTOTUNE).concatenate(pad).take(total)
     return ds.batch(local).prefetch(2).with_options(self._options()).as_numpy_iterator()
+
+
+def _keep_positions(ds, keep: np.ndarray):
+  """The examples of `ds` (in order) whose position p has keep[p]; `keep` is bool (len(ds),)."""
+  table = _tf().constant(keep)
+  kept = ds.enumerate().filter(lambda position, _: table[position])
+  return kept.map(lambda _, example: example)
 
 
 def _with_partner(anchor: dict, partner: dict) -> dict:

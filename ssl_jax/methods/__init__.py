@@ -44,6 +44,10 @@ class StepContext:
   step: Any            # int32 scalar array: the step being taken
   total_steps: int     # steps of the whole run (for schedules such as BYOL's EMA rate)
   extra: Any           # the method state before this step
+  # An add-on's function on the encoder's stem output, `after_stem(rows, first_view=0) -> rows` (batch fusion
+  # after the stem); rows hold views first_view.. of every example, example-major. Frameworks pass it to
+  # every encoder call of the training step, the momentum target's included.
+  after_stem: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)

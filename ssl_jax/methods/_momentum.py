@@ -28,13 +28,13 @@ class TwoBranchModel(nnx.Module):
     """The online encoder (what evaluation and `load_encoder` read)."""
     return self.online.encoder
 
-  def features(self, images, *, train: bool):
+  def features(self, images, *, train: bool, after_stem=None):
     """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C)."""
-    return self.online.features(images, train=train)
+    return self.online.features(images, train=train, after_stem=after_stem)
 
-  def __call__(self, images, *, train: bool, return_features: bool = False):
+  def __call__(self, images, *, train: bool, return_features: bool = False, after_stem=None):
     """The online projections (N, P), as `EncoderProjector.__call__`: add-ons reach all frameworks alike."""
-    return self.online(images, train=train, return_features=return_features)
+    return self.online(images, train=train, return_features=return_features, after_stem=after_stem)
 
 
 def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: bool) -> TwoBranchModel:
@@ -82,7 +82,7 @@ def target_module(module: nnx.Module, target: dict) -> nnx.Module:
                    jax.tree.map(lambda x: x, target['batch_stats']))
 
 
-def run_target(module: nnx.Module, target: dict, images, *, permutation=None):
+def run_target(module: nnx.Module, target: dict, images, *, permutation=None, after_stem=None):
   """Target outputs (N, D) of `images` in train mode, without gradient, and the target's new state.
 
   Args:
@@ -91,6 +91,7 @@ def run_target(module: nnx.Module, target: dict, images, *, permutation=None):
     images: (N, H, W, C) float images in [0, 1].
     permutation: optional (N,) order to run the examples in (MoCo's shuffle-BN); outputs come back in the
       original order.
+    after_stem: the step context's hook after the encoder's stem (it sees the rows in the order they run).
 
   Returns:
     (outputs (N, D) float32 under stop_gradient, new target dict with updated batch statistics).
@@ -98,7 +99,7 @@ def run_target(module: nnx.Module, target: dict, images, *, permutation=None):
   net = target_module(module, target)
   if permutation is not None:
     images = images[permutation]
-  out = jax.lax.stop_gradient(net(images, train=True))
+  out = jax.lax.stop_gradient(net(images, train=True, after_stem=after_stem))
   if permutation is not None:
     out = out[jnp.argsort(permutation)]
   new_stats = jax.lax.stop_gradient(nnx.state(net, nnx.BatchStat))

@@ -36,9 +36,9 @@ def loss_fn(model, views, batch, key, ctx):
   """Both views through the online net (one pass) and the target net (one pass); the symmetric BYOL loss."""
   b = views.shape[0]
   x = _momentum.flatten_views(views)
-  z_online, h = model.online(x, train=True, return_features=True)
+  z_online, h = model.online(x, train=True, return_features=True, after_stem=ctx.after_stem)
   p = model.predictor(z_online, train=True).reshape(b, 2, -1)
-  z, target = _momentum.run_target(model.online, ctx.extra['target'], x)
+  z, target = _momentum.run_target(model.online, ctx.extra['target'], x, after_stem=ctx.after_stem)
   z = z.reshape(b, 2, -1)
   loss = losses.regression_loss(p[:, 0], z[:, 1]) + losses.regression_loss(p[:, 1], z[:, 0])
   metrics = {**common.contrastive_metrics(p),

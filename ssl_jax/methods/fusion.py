@@ -23,22 +23,30 @@ moco) by `--config.fusion.enabled=True`:
 `fusion.num_layers = 0` means no embedding layer: nothing is fused and the run is exactly the framework alone
 (the baseline row of the number-of-layers ablation). α is logged as `fusion_alpha`.
 
-Placement: only on the input images (`fusion.placement='input'`). 'stem' (after the encoder's stem) is
-refused: each framework lays out the rows its encoder sees differently (SimCLR / SupCon / BYOL / SimSiam run
-both views example-major in one pass, so G consecutive rows after the stem would put an image's two views in
-one group; MoCo runs the views separately and its key encoder sees a shuffled batch), and the BYOL / MoCo
-target is a copy of the online encoder's graph, so a hook inside the encoder would also run, with the
-online fusion weights, inside the target. Doing it right needs a layout-aware hook passed through every
-framework's forward calls.
+Placement (`fusion.placement`): 'input' (the default) fuses the views' images as above. 'stem' fuses the
+output of the encoder's stem instead (after its first conv, BN, ReLU and, with the ImageNet stem, max-pool:
+C = the stem's channels, side R/4 or R), through `StepContext.after_stem`, a hook every framework passes to
+each encoder call of its training step. The hook regroups the rows it gets (views first_view.. of every
+example, example-major) by view, exactly as the input placement does, so an image's two views are never
+in one group; a momentum target (BYOL, MoCo keys) applies the ONLINE fusion layer after its own stem,
+under its stop-gradient, as it sees online-fused images with the input placement. MoCo's keys are view 2
+(`first_view=1`): they draw their own partners, and with shuffle-BN they are grouped in the shuffled order.
+The rotation add-on's rotated copies are not fused at the stem (they run outside the framework's calls).
+Only simclr, supcon, byol, simsiam and moco pass the hook; other methods refuse the 'stem' placement.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from ssl_jax import stages
 from ssl_jax.errors import UserError
+from ssl_jax.models import compute_dtype, resnet
 from ssl_jax.models.fusion import BatchFusion, check_options
+
+PLACEMENTS = ('input', 'stem')
+STEM_FRAMEWORKS = ('simclr', 'supcon', 'byol', 'simsiam', 'moco')  # those that pass ctx.after_stem
 
 _PERMUTATION_STREAM = 0x46757365  # 'Fuse': a key stream of its own; the framework's randomness is unchanged
 
@@ -53,38 +61,49 @@ def check_config(config) -> None:
   f = config.fusion
   check_options(patch_size=f.patch_size, group_size=f.group_size, num_layers=f.num_layers, width=f.width,
                 kernel_size=f.kernel_size, norm=f.norm, activation=f.activation, gate=f.gate)
-  if f.placement != 'input':
-    raise UserError(f'fusion.placement={f.placement!r} is not available; use "input" (fusion after the stem '
-                    'would need a layout-aware hook in every framework: see ssl_jax/methods/fusion.py)')
+  if f.placement not in PLACEMENTS:
+    raise UserError(f'fusion.placement={f.placement!r} is unknown; use one of {", ".join(PLACEMENTS)}')
+  if f.placement == 'stem' and config.method not in STEM_FRAMEWORKS:
+    raise UserError(f'fusion.placement="stem" is not available with method={config.method!r} (it does not '
+                    f'pass the stem hook); use placement="input" or one of {", ".join(STEM_FRAMEWORKS)}')
   if config.batch_size % f.group_size:
     raise UserError(f'batch_size={config.batch_size} is not divisible by fusion.group_size={f.group_size}; '
                     'pick a group size that divides the global batch')
-  sizes = stages.image_sizes(config)
-  bad = [s for s in sizes if s % f.patch_size]
+  stride = _stem_stride(config) if f.placement == 'stem' else 1
+  bad = [s for s in stages.image_sizes(config) if s % (f.patch_size * stride)]
   if bad:
-    raise UserError(f'fusion.patch_size={f.patch_size} does not divide the view size {bad[0]}; use a '
-                    'patch size that divides data.image_size and every image_size of config.stages')
+    where = f'the view size {bad[0]}' + (f' / the stem stride {stride}' if stride > 1 else '')
+    raise UserError(f'fusion.patch_size={f.patch_size} does not divide {where}; use a patch size that '
+                    'divides it at data.image_size and every image_size of config.stages')
+
+
+def _stem_stride(config) -> int:
+  """The encoder stem's stride: 4 for the ImageNet stem (conv and max-pool), 1 for the CIFAR stem."""
+  stem = config.model.stem or resnet.default_stem(config.model.name)
+  return 4 if stem == 'imagenet' else 1
 
 
 def build_layer(config, *, in_channels: int, rngs) -> BatchFusion:
-  """The `BatchFusion` layer of `config.fusion` for images with `in_channels` channels."""
+  """The `BatchFusion` layer of `config.fusion` for inputs (images or stem outputs) of `in_channels`."""
   f = config.fusion
   return BatchFusion(in_channels, patch_size=f.patch_size, group_size=f.group_size, num_layers=f.num_layers,
                      width=f.width, kernel_size=f.kernel_size, norm=f.norm, activation=f.activation,
                      gate=f.gate, gate_init=f.gate_init, gate_max=f.gate_max,
-                     dtype=jnp.dtype(config.model.dtype), rngs=rngs)
+                     dtype=compute_dtype(config.model.dtype), rngs=rngs)
 
 
-def fuse_views(layer: BatchFusion, views: jax.Array, key: jax.Array, *, progress, share_groups: bool):
+def fuse_views(layer: BatchFusion, views: jax.Array, key: jax.Array, *, progress, share_groups: bool,
+               first_view: int = 0):
   """Every view's batch fused by `layer`, each view on its own.
 
   Args:
     layer: the fusion layer.
-    views: (B, V, R, R, C) views, example-major; B a multiple of the layer's group size.
+    views: (B, V, R, R, C) views (images or stem outputs), example-major; B a multiple of the group size.
     key: the step key; with `share_groups=False` it draws one permutation of the B samples per view.
     progress: training progress in [0, 1] (for the scheduled gate).
     share_groups: True: samples b..b+G-1 form a group in every view. False: each view is grouped after its
       own random permutation (independent partners) and put back in order after the fusion.
+    first_view: the index of views[:, 0] among the step's views (its permutation depends on it).
 
   Returns:
     (B, V, R, R, C) fused views, in the same order as `views`.
@@ -92,7 +111,8 @@ def fuse_views(layer: BatchFusion, views: jax.Array, key: jax.Array, *, progress
   b, v = views.shape[:2]
   x = jnp.swapaxes(views, 0, 1)  # view-major: a group never holds two views (B % G == 0)
   if not share_groups:
-    keys = jax.random.split(jax.random.fold_in(key, _PERMUTATION_STREAM), v)
+    stream = jax.random.fold_in(key, _PERMUTATION_STREAM)
+    keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(first_view + jnp.arange(v))
     perms = jax.vmap(lambda k: jax.random.permutation(k, b))(keys)
     x = jax.vmap(lambda xv, p: xv[p])(x, perms)
   y = layer(x.reshape(v * b, *x.shape[2:]), progress=progress).reshape(x.shape)
@@ -114,18 +134,28 @@ def apply(method, config):
   check_config(config)
   if not config.fusion.num_layers:
     return method
-  share = bool(config.fusion.share_groups)
+  share, at_stem = bool(config.fusion.share_groups), config.fusion.placement == 'stem'
 
   def build_model(config, *, in_channels, rngs):
     model = method.build_model(config, in_channels=in_channels, rngs=rngs)
     # Built after the framework's model, so the framework's initial weights equal those of a run without it.
-    model.fusion = build_layer(config, in_channels=in_channels, rngs=rngs)
+    channels = model.encoder.stem_dim if at_stem else in_channels
+    model.fusion = build_layer(config, in_channels=channels, rngs=rngs)
     return model
 
   def loss_fn(model, views, batch, key, ctx):
     progress = jnp.asarray(ctx.step, jnp.float32) / max(ctx.total_steps, 1)
-    fused = fuse_views(model.fusion, views, key, progress=progress, share_groups=share)
-    loss, (metrics, extra, features) = method.loss_fn(model, fused, batch, key, ctx)
+    fuse = functools.partial(fuse_views, model.fusion, key=key, progress=progress, share_groups=share)
+    if at_stem:
+      b = views.shape[0]
+
+      def after_stem(rows, first_view=0):
+        return fuse(rows.reshape(b, -1, *rows.shape[1:]), first_view=first_view).reshape(rows.shape)
+
+      ctx = dataclasses.replace(ctx, after_stem=after_stem)
+    else:
+      views = fuse(views)
+    loss, (metrics, extra, features) = method.loss_fn(model, views, batch, key, ctx)
     metrics = {**metrics, 'fusion_alpha': jax.lax.stop_gradient(model.fusion.alpha_at(progress))}
     return loss, (metrics, extra, features)
 

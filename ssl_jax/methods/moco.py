@@ -15,6 +15,8 @@ ghost groups of `config.model.bn_group_size` examples (the per-GPU batch of the 
 it: the same effect on any number of devices. The key encoder's momentum follows `config.ema` (MoCo: a
 constant 0.999).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -66,11 +68,13 @@ def loss_fn(model, views, batch, key, ctx):
   """Queries of view 1, keys of view 2 from the key encoder (shuffled BN), InfoNCE, then the enqueue."""
   config, extra = ctx.config, ctx.extra
   shuffle_key = jax.random.split(key)[1]
-  q, h = model.online(views[:, 0], train=True, return_features=True)
+  q, h = model.online(views[:, 0], train=True, return_features=True, after_stem=ctx.after_stem)
   permutation = None
   if config.moco.shuffle_bn:
     permutation = jax.random.permutation(shuffle_key, views.shape[0])
-  k, target = _momentum.run_target(model.online, extra['target'], views[:, 1], permutation=permutation)
+  key_hook = None if ctx.after_stem is None else functools.partial(ctx.after_stem, first_view=1)
+  k, target = _momentum.run_target(model.online, extra['target'], views[:, 1], permutation=permutation,
+                                   after_stem=key_hook)
   k = losses.l2_normalize(k)
   logits = losses.moco_logits(q, k, extra['queue'], temperature=config.loss.temperature)
   # The same logits again: XLA computes the matmul once.

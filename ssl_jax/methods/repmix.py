@@ -48,6 +48,7 @@ def _check(config) -> None:
   if config.loss.reduction not in common.LOSS_REDUCTIONS:
     raise UserError(f'loss.reduction={config.loss.reduction!r} is unknown; '
                     f'use one of {", ".join(common.LOSS_REDUCTIONS)}')
+  common.chunk_size(config.loss)
 
 
 def build_model(config, *, in_channels: int, rngs):

@@ -46,7 +46,7 @@ from ssl_jax import data, losses
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.methods import common
-from ssl_jax.models import MLPHead, resnet
+from ssl_jax.models import MLPHead, compute_dtype, resnet
 from ssl_jax.models.norm import BatchNorm
 
 
@@ -91,6 +91,7 @@ def check_config(config) -> None:
                     'weighs the sub-network term of the SelfCon "*" variants)')
   if config.loss.temperature <= 0:
     raise UserError(f'loss.temperature={config.loss.temperature} must be positive')
+  common.chunk_size(config.loss)
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -111,7 +112,7 @@ class SubNetwork(nnx.Module):
     self.fc = nnx.Linear(in_dim, encoder.out_dim, rngs=rngs) if kind == 'fc' else None
     stages = []
     if kind != 'fc':
-      dtype = jnp.dtype(model_cfg.dtype)
+      dtype = compute_dtype(model_cfg.dtype)
       norm = functools.partial(BatchNorm, group_size=model_cfg.bn_group_size, momentum=model_cfg.bn_momentum,
                                dtype=dtype)
       for i in range(exit_stage, len(encoder.stage_dims)):
@@ -228,7 +229,7 @@ def make_views(key, batch, ctx):
 
 
 def objective(z, labels, *, name: str, alpha: float, temperature: float, base_temperature: float | None,
-              mu_other_view_positive: bool = False):
+              mu_other_view_positive: bool = False, chunk_size: int = 0):
   """The loss of variant `name` on projections of every view and exit (official `main_represent._train`).
 
   Args:
@@ -241,6 +242,7 @@ def objective(z, labels, *, name: str, alpha: float, temperature: float, base_te
     base_temperature: scale every term by τ / base_temperature (official: 0.07); None for no scaling.
     mu_other_view_positive: SelfCon-MU: the image's other view is a positive (else, as the official code,
       each view is its own instance).
+    chunk_size: anchors per chunk of every `losses.selfcon_loss` term (0: all at once).
 
   Returns:
     Scalar float32 loss.
@@ -248,7 +250,8 @@ def objective(z, labels, *, name: str, alpha: float, temperature: float, base_te
   v = VARIANTS[name]
   b, views, exits, p = z.shape
   labels = labels if v.labels else None
-  loss = functools.partial(losses.selfcon_loss, temperature=temperature, base_temperature=base_temperature)
+  loss = functools.partial(losses.selfcon_loss, temperature=temperature, base_temperature=base_temperature,
+                           chunk_size=chunk_size)
   if not alpha:
     if name == 'selfcon_mu' and not mu_other_view_positive:
       return loss(z.reshape(b * views, exits, p))
@@ -271,6 +274,7 @@ def loss_fn(model, views, batch, key, ctx):
   cfg = config.selfcon
   loss = objective(z, batch['label'], name=cfg.variant, alpha=cfg.alpha, temperature=config.loss.temperature,
                    base_temperature=BASE_TEMPERATURE if cfg.official_temperature_scaling else None,
-                   mu_other_view_positive=cfg.mu_other_view_positive)
+                   mu_other_view_positive=cfg.mu_other_view_positive,
+                   chunk_size=common.chunk_size(config.loss))
   metrics = common.contrastive_metrics(z.reshape(b, n * z.shape[2], -1))
   return loss, (metrics, ctx.extra, h.reshape(b, n, -1)[:, 0])

@@ -27,7 +27,8 @@ make_views = _momentum.two_views
 def loss_fn(model, views, batch, key, ctx):
   """Projections and predictions of both views from one pass; the symmetric stop-gradient loss."""
   b = views.shape[0]
-  z, h = model.online(_momentum.flatten_views(views), train=True, return_features=True)
+  z, h = model.online(_momentum.flatten_views(views), train=True, return_features=True,
+                      after_stem=ctx.after_stem)
   p = model.predictor(z, train=True).reshape(b, 2, -1)
   z = z.reshape(b, 2, -1)
   loss = 0.5 * (losses.negative_cosine(p[:, 0], z[:, 1]) + losses.negative_cosine(p[:, 1], z[:, 0]))

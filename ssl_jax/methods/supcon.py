@@ -8,6 +8,6 @@ import functools
 
 from ssl_jax.methods import common
 
-build_model = common.build_encoder_projector
+build_model = common.build_contrastive_model
 make_views = common.make_views
 loss_fn = functools.partial(common.contrastive_loss_fn, use_labels=True)

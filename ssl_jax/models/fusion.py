@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.errors import UserError
+from ssl_jax.models import precision
 
 GATES = ('learned', 'schedule')
 NORMS = ('layer', 'none')
@@ -133,7 +134,8 @@ class BatchFusion(nnx.Module):
     self.alpha = nnx.Param(jnp.asarray(gate_init, jnp.float32)) if gate == 'learned' and num_layers else None
     stacked = group_size * patch_size * patch_size * channels
     conv = lambda i, o, k, bias: nnx.Conv(i, o, (k, k), padding='SAME', use_bias=bias, dtype=dtype,
-                                          param_dtype=jnp.float32, rngs=rngs)
+                                          param_dtype=jnp.float32, rngs=rngs,
+                                          promote_dtype=precision.promote_keeping_bias_float32)
     # A bias before LayerNorm is cancelled by its centring.
     self.convs = nnx.List([conv(stacked if i == 0 else width, width, kernel_size, norm == 'none')
                            for i in range(num_layers)])

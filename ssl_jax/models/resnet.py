@@ -166,6 +166,7 @@ class ResNet(nnx.Module):
     norm = functools.partial(BatchNorm, group_size=bn_group_size, momentum=bn_momentum, dtype=dtype)
 
     self.max_pool = stem == 'imagenet'
+    self.stem_stride, self.stem_dim = (4 if self.max_pool else 1), widths[0]
     self.stem_conv = _conv(in_channels, widths[0], 7 if self.max_pool else 3, 2 if self.max_pool else 1,
                            dtype=dtype, rngs=rngs)
     self.stem_bn = norm(widths[0])
@@ -183,15 +184,17 @@ class ResNet(nnx.Module):
     self.out_dim = dims[-1]
     # Every stride-s op maps side n to ceil(n / s), so any input runs; below the product of the strides the
     # last stage's single pixel sees mostly padding. At exactly this size the last stage is 1x1.
-    self.min_input_size = (4 if self.max_pool else 1) * 2 ** (kept - 1)
+    self.min_input_size = self.stem_stride * 2 ** (kept - 1)
 
-  def __call__(self, x: jax.Array, *, train: bool, return_stages: bool = False):
+  def __call__(self, x: jax.Array, *, train: bool, return_stages: bool = False, after_stem=None):
     """Encodes images.
 
     Args:
       x: (B, H, W, in_channels) float images.
       train: BatchNorm mode (batch statistics and running-statistics update when True).
       return_stages: also return every kept stage's output.
+      after_stem: optional function applied to the stem's output (B, H/s, W/s, C) before the first stage
+        (s = `stem_stride`), e.g. batch fusion placed after the stem.
 
     Returns:
       (B, out_dim) float32 globally average-pooled features; with `return_stages`, the tuple
@@ -201,6 +204,8 @@ class ResNet(nnx.Module):
     x = nnx.relu(self.stem_bn(self.stem_conv(x), train=train))
     if self.max_pool:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if after_stem is not None:
+      x = after_stem(x)
     outputs = []
     for stage in self.stages:
       for block in stage:
@@ -208,6 +213,11 @@ class ResNet(nnx.Module):
       outputs.append(x)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return (features, outputs) if return_stages else features
+
+
+def default_stem(name: str) -> str:
+  """The stem a network uses when the config names none: 'cifar' for ResNet-20/32, else 'imagenet'."""
+  return 'cifar' if ENCODERS.get(name) in _CIFAR_ONLY_DEPTHS else 'imagenet'
 
 
 def create_encoder(name: str, *, stem: str | None = None, width: float = 1.0, num_stages: int | None = None,
@@ -232,7 +242,6 @@ def create_encoder(name: str, *, stem: str | None = None, width: float = 1.0, nu
   if name not in ENCODERS:
     raise UserError(f'unknown encoder {name!r}; use one of {sorted(ENCODERS)}')
   depth = ENCODERS[name]
-  if stem is None:
-    stem = 'cifar' if depth in _CIFAR_ONLY_DEPTHS else 'imagenet'
-  return ResNet(depth=depth, stem=stem, width=width, num_stages=num_stages, in_channels=in_channels,
-                bn_group_size=bn_group_size, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+  return ResNet(depth=depth, stem=stem or default_stem(name), width=width, num_stages=num_stages,
+                in_channels=in_channels, bn_group_size=bn_group_size, bn_momentum=bn_momentum, dtype=dtype,
+                rngs=rngs)
