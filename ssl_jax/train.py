@@ -9,6 +9,7 @@ in the config.
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import signal
 import time
@@ -17,6 +18,7 @@ from typing import Any
 from absl import logging
 from flax import nnx, struct
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -65,15 +67,33 @@ def _check_resolution(model, config, sizes) -> None:
                     'or fewer model.num_stages')
 
 
-class _PreemptionFlag:
-  """Turns SIGTERM/SIGINT into a flag the loop checks at each step boundary."""
+class _Preemption:
+  """SIGTERM/SIGINT -> stop at a step boundary, the same one on every process.
+
+  One process: a Python handler raises a flag that the loop reads after each step. Several processes
+  (jax.distributed): a signal reaches them at different steps, so none may stop on its own flag; jax's
+  preemption service catches SIGTERM and agrees on the first step that every process can still reach
+  (multihost_utils.reached_preemption_sync_point, asked after every step). SIGINT is passed on to it as SIGTERM.
+  """
 
   def __init__(self):
-    self.raised = False
-    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    self._raised = False
+    self._agreed = jax.process_count() > 1
+    signals = (signal.SIGINT,) if self._agreed else (signal.SIGTERM, signal.SIGINT)
+    handler = self._forward_to_service if self._agreed else self._raise
+    self._previous = {s: signal.signal(s, handler) for s in signals}
 
-  def _handle(self, signum, frame):
-    self.raised = True
+  def _raise(self, signum, frame):
+    self._raised = True
+
+  def _forward_to_service(self, signum, frame):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step`; asked once after every step, in order."""
+    if self._agreed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._raised
 
   def restore(self):
     for s, handler in self._previous.items():
@@ -141,7 +161,7 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
   """
   guard = non_finite.Guard(config, ckpt, writer)
   guard.prepare(state)
-  preemption = _PreemptionFlag()
+  preemption = _Preemption()
   pending = []
   try:
     for step in range(int(state.step), total_steps):
@@ -149,7 +169,7 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
       state, metrics = step_for(resolution_at(step))(state, batch)
       done = step + 1
       pending.append((done, metrics))
-      stopping = preemption.raised  # read once: a signal arriving later is handled at the next boundary
+      stopping = preemption.reached(done)  # asked after every step: the processes' agreement needs each
       saving = done % config.checkpoint_every_steps == 0 or done == total_steps or stopping
       logging_now = done % config.log_every_steps == 0 or done == total_steps
       if saving or logging_now:

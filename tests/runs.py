@@ -25,10 +25,12 @@ def tiny_synthetic(get_config=simclr_cifar10.get_config, steps: int = 3):
   return c
 
 
-def shared_synthetic():
+def shared_synthetic(keep_checkpoints=None):
   """The trainer tests' common run: 6 steps with ghost BatchNorm groups of 4, one compiled step for all."""
   c = tiny_synthetic(steps=6)
   c.model.bn_group_size = 4
+  if keep_checkpoints is not None:  # not part of the compiled step
+    c.keep_checkpoints = keep_checkpoints
   return c
 
 

@@ -162,17 +162,44 @@ def _numpy_checkpoint(workdir, step, like):
     return mgr.restore(step, args=args)['state']
 
 
-def test_two_processes_equal_one_process(tmp_path, straight):
+# Each process: from the second step on, every step takes a second longer (jax's preemption service needs about
+# half a second to agree on a step); process 1 receives SIGTERM while it runs step 3.
+_TWO_PROCESS_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, 'tests')
+import jax, runs
+from ssl_jax import train
+from ssl_jax.errors import Preempted
+make = train.make_train_step
+def make_slow(*args, **kwargs):
+  step_fn, calls = make(*args, **kwargs), []
+  def slow(state, batch):
+    calls.append(None)
+    if len(calls) > 1:
+      time.sleep(1.0)
+    if len(calls) == 3 and jax.process_index() == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return step_fn(state, batch)
+  return slow
+train.make_train_step = make_slow
+try:
+  train.train_and_evaluate(runs.shared_synthetic(keep_checkpoints=10), sys.argv[1])
+except Preempted as e:
+  print('PREEMPTED', e)
+  sys.exit(143)
+"""
+
+
+def test_two_processes_equal_one_process_and_stop_together(tmp_path, straight):
   # jax.distributed on localhost: 2 CPU processes x 4 devices form the 8-device mesh of `straight`; each reads
-  # its half of every global batch, the collectives cross processes (gloo). No persistent compilation cache
-  # (JAX_* variables are not passed on): with one, the processes drifted apart and gloo, which waits only 30 s
-  # for a late peer, failed the first collective.
+  # its half of every global batch, the collectives cross processes (gloo). SIGTERM reaches one process only:
+  # both must save at the same step and stop. The run is then finished by this process on its 8 devices.
+  # No persistent compilation cache (JAX_* variables are not passed on): with one, the processes drifted apart
+  # and gloo, which waits only 30 s for a late peer, failed the first collective.
   import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
-  script = ("import sys; sys.path.insert(0, 'tests'); import runs; from ssl_jax import train; "
-            f"train.train_and_evaluate(runs.shared_synthetic(), {str(tmp_path / 'run')!r})")
   procs = []
   inherited = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}  # e.g. a compilation cache
   for i in range(2):
@@ -180,19 +207,23 @@ def test_two_processes_equal_one_process(tmp_path, straight):
            'SSL_JAX_DISTRIBUTED': '1', 'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
            'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}
     with open(tmp_path / f'process{i}.log', 'w') as log:  # not a pipe: a full one would stall the process
-      procs.append(subprocess.Popen([sys.executable, '-c', script], cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT))
+      procs.append(subprocess.Popen([sys.executable, '-c', _TWO_PROCESS_SCRIPT, str(tmp_path / 'run')],
+                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
   try:
-    codes = [p.wait(timeout=300) for p in procs]
+    codes = [p.wait(timeout=180) for p in procs]
   finally:
     for p in procs:
       p.kill()
-  logs = [(tmp_path / f'process{i}.log').read_text()[-2000:] for i in range(2)]
-  assert codes == [0, 0], '\n'.join(logs)
+  logs = [(tmp_path / f'process{i}.log').read_text() for i in range(2)]
+  assert codes == [143, 143], '\n'.join(log[-2000:] for log in logs)
+  stops = {line for log in logs for line in log.splitlines() if line.startswith('PREEMPTED')}
+  assert len(stops) == 1, stops  # the same step on both processes
+  stopped_at = max(int(d) for d in os.listdir(tmp_path / 'run' / 'checkpoints'))
+  assert 3 <= stopped_at < 6 and f'after step {stopped_at};' in stops.pop()
+  assert len(runs.logged(tmp_path / 'run')) == stopped_at  # only process 0 writes metrics
 
-  # Only process 0 writes metrics: one record per step, not two.
+  train.train_and_evaluate(runs.shared_synthetic(keep_checkpoints=10), tmp_path / 'run')
   losses, reference = runs.logged(tmp_path / 'run'), runs.logged(straight)
-  assert len(losses) == 6 and sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['3', '6']
   # Cross-process sums run in another order than in-process ones (not bitwise); step 3 as in 1 vs 8 devices.
   np.testing.assert_allclose(losses[:3], reference[:3], rtol=1e-5)
   np.testing.assert_allclose(losses, reference, rtol=1e-3)
