@@ -4,8 +4,8 @@ r"""Throughput of one recipe on this machine: the train step alone, the host inp
         [--mode synthetic|pipeline|end_to_end] [--peak_tflops F] [--out FILE.json]
 
 Modes:
-  synthetic   (default) the recipe's train step, built exactly as the trainer builds it (`ssl_jax.benchmark`;
-              the online probe off), fed a synthetic batch of the recipe's image shape that stays on the
+  synthetic   (default) the recipe's train step, built exactly as the trainer builds it (the online probe
+              off), fed a synthetic batch of the recipe's image shape that stays on the
               device: compile seconds, median step seconds (after two warm-up steps), views/s (batch x views
               per example that the method's `make_views` returns / step seconds), the compiled step's device
               memory (XLA memory analysis: arguments + outputs + temporaries - donated buffers) and FLOPs per
@@ -34,7 +34,7 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from ssl_jax import benchmark, recipes  # noqa: E402
+from ssl_jax import recipes  # noqa: E402
 from ssl_jax.errors import UserError  # noqa: E402
 
 MODES = ('synthetic', 'pipeline', 'end_to_end')
@@ -79,40 +79,82 @@ def _views_per_example(method, config, state, batch) -> int:
   return int(views.shape[1])
 
 
-def _compile(config, devices):
-  """The recipe's compiled train step, as the trainer builds it, with its state, first batch and mesh."""
-  from ssl_jax import sharding  # pylint: disable=g-import-not-at-top
-  mesh = sharding.make_mesh(devices)
-  # The trainer's own step builder, shared with `ssl_jax.benchmark`.
-  # pylint: disable-next=protected-access
-  compiled, state, batch, compile_s = benchmark._compiled_step(config, mesh)
-  return compiled, state, batch, mesh, compile_s
-
-
-def _time_on_device(config, compiled, state, batch, mesh, compile_s, steps):
-  """Step time on one batch that stays on the device, memory and FLOPs; returns (results, state)."""
+def compile_step(config, devices=None):
+  """The recipe's jitted train step as the trainer builds it (the online probe off), compiled for its first
+  training batch: (compiled step, train state, global batch, mesh, compile seconds)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
   import jax  # pylint: disable=g-import-not-at-top
-  from ssl_jax import methods  # pylint: disable=g-import-not-at-top
-  views = _views_per_example(methods.get_method(config), config, state, batch)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ssl_jax import data, methods, optim, sharding, train  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_threefry_partitionable', True)  # as the trainer: the same random bits
+  mesh = sharding.make_mesh(devices)
+  train._validate(config, mesh)  # pylint: disable=protected-access  (the trainer's own input checks)
+  method = methods.get_method(config)
+  source = data.get_source(config.data, split=config.data.train_split, train=True,
+                           num_views=method.num_views(config))
+  batch = next(source.train_batches(global_batch_size=config.batch_size, seed=config.seed, start_step=0,
+                                    process_index=jax.process_index(), process_count=jax.process_count(),
+                                    partners=method.needs_partners(config)))
+  model = method.build_model(config, in_channels=batch['image'].shape[-1], rngs=nnx.Rngs(config.seed))
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  total = 1000  # only the learning-rate schedule reads it
+  tx, schedule = optim.create_optimizer(config.optimizer, batch_size=config.batch_size, total_steps=total,
+                                        steps_per_epoch=100)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                           opt_state=tx.init(params), extra=method.init_extra(model, config), probe={},
+                           rng=jax.random.key_data(jax.random.key(config.seed)))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  step = train.make_train_step(graphdef, tx, schedule, method, config, config.data.image_size, total, None,
+                               state_sharding, mesh)
+  batch = sharding.global_batch(batch, mesh)
+  started = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return compiled, state, batch, mesh, time.perf_counter() - started
+
+
+def time_steps(compiled, state, batch, steps: int):
+  """(median seconds of `steps` steps after two warm-up steps, each waited for; the state after them).
+
+  NaN seconds when `steps` is 0: nothing runs.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   times = []
-  for i in range(_WARMUP_STEPS + steps):
+  for i in range(_WARMUP_STEPS + steps if steps else 0):
     started = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     if i >= _WARMUP_STEPS:
       times.append(time.perf_counter() - started)
-  step_s = statistics.median(times)
+  return (statistics.median(times) if times else float('nan')), state
+
+
+def memory(compiled) -> dict:
+  """One device's memory of the compiled step (XLA memory analysis), in bytes.
+
+  'peak_bytes' = arguments + outputs + temporaries - donated (aliased) buffers; 'temp_bytes' the temporaries
+  alone (activations, gradients); 'xla_peak_bytes' XLA's own peak, which not every backend fills in (0).
+  """
   mem = compiled.memory_analysis()
+  return {'peak_bytes': int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                            - mem.alias_size_in_bytes),
+          'xla_peak_bytes': int(getattr(mem, 'peak_memory_in_bytes', 0)),
+          'temp_bytes': int(mem.temp_size_in_bytes), 'argument_bytes': int(mem.argument_size_in_bytes),
+          'output_bytes': int(mem.output_size_in_bytes), 'alias_bytes': int(mem.alias_size_in_bytes)}
+
+
+def _time_on_device(config, compiled, state, batch, mesh, compile_s, steps):
+  """Step time on one batch that stays on the device, memory and FLOPs; returns (results, state)."""
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top
+  views = _views_per_example(methods.get_method(config), config, state, batch)
+  step_s, state = time_steps(compiled, state, batch, steps)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per program
   flops = float(cost.get('flops', 0.0)) * mesh.size  # the analysis covers one device's share of the step
   results = {
       'compile_s': round(compile_s, 2), 'step_s': step_s, 'views_per_s': config.batch_size * views / step_s,
       'images_per_s': config.batch_size / step_s, 'views_per_example': views, 'batch_size': config.batch_size,
-      'peak_bytes': int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                        - mem.alias_size_in_bytes),
-      'xla_peak_bytes': int(getattr(mem, 'peak_memory_in_bytes', 0)),
-      'temp_bytes': int(mem.temp_size_in_bytes),
+      **memory(compiled),
       'flops_per_step': flops, 'tflops_per_s': flops / step_s / 1e12, 'devices': mesh.size,
       'device_kind': mesh.devices.flat[0].device_kind}
   return results, state
@@ -128,10 +170,10 @@ def measure_step(config, *, steps: int, devices=None) -> dict:
 
   Returns:
     {'compile_s', 'step_s' (median), 'views_per_s', 'images_per_s', 'views_per_example', 'batch_size',
-    'peak_bytes', 'xla_peak_bytes', 'temp_bytes', 'flops_per_step', 'tflops_per_s', 'devices', 'device_kind'}.
+    `memory`'s fields, 'flops_per_step', 'tflops_per_s', 'devices', 'device_kind'}.
   """
   config = synthetic_like(config)
-  return _time_on_device(config, *_compile(config, devices), steps)[0]
+  return _time_on_device(config, *compile_step(config, devices), steps)[0]
 
 
 def _train_batches(config):
@@ -180,7 +222,7 @@ def measure_end_to_end(config, *, steps: int, devices=None) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from ssl_jax import sharding  # pylint: disable=g-import-not-at-top
-  compiled, state, batch, mesh, compile_s = _compile(config, devices)
+  compiled, state, batch, mesh, compile_s = compile_step(config, devices)
   results, state = _time_on_device(config, compiled, state, batch, mesh, compile_s, steps)
   batches = _train_batches(config)
   for i in range(_WARMUP_STEPS + steps):

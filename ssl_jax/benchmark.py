@@ -25,88 +25,39 @@ Exit codes: 0 done; 2 bad input (one line on stderr).
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from ssl_jax import recipes  # noqa: E402
+from ssl_jax import bench, recipes  # noqa: E402
 from ssl_jax.errors import UserError  # noqa: E402
 
 RUNS = ('baseline', 'candidate')
-_WARMUP_STEPS = 2
-
-
-def _compiled_step(config, mesh):
-  """(compiled step, train state, global batch, compile seconds) of `config`, as `train` builds them."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ssl_jax import data, methods, optim, sharding, train  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_threefry_partitionable', True)
-  train._validate(config, mesh)  # pylint: disable=protected-access  (the trainer's own input checks)
-  method = methods.get_method(config)
-  source = data.get_source(config.data, split=config.data.train_split, train=True,
-                           num_views=method.num_views(config))
-  batch = next(source.train_batches(global_batch_size=config.batch_size, seed=config.seed, start_step=0,
-                                    process_index=jax.process_index(), process_count=jax.process_count(),
-                                    partners=method.needs_partners(config)))
-  model = method.build_model(config, in_channels=batch['image'].shape[-1], rngs=nnx.Rngs(config.seed))
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  total = 1000  # only the learning-rate schedule reads it
-  tx, schedule = optim.create_optimizer(config.optimizer, batch_size=config.batch_size, total_steps=total,
-                                        steps_per_epoch=100)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                           opt_state=tx.init(params), extra=method.init_extra(model, config), probe={},
-                           rng=jax.random.key_data(jax.random.key(config.seed)))
-  state = jax.device_put(state, sharding.replicated(mesh))
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  step = train.make_train_step(graphdef, tx, schedule, method, config, config.data.image_size, total, None,
-                               state_sharding, mesh)
-  batch = sharding.global_batch(batch, mesh)
-  started = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  return compiled, state, batch, time.perf_counter() - started
 
 
 def measure(config, *, steps: int, devices=None) -> dict:
-  """Compiles `config`'s train step and runs it `steps` times (after two warm-up steps).
+  """Compiles `config`'s train step (`ssl_jax.bench.compile_step`) and runs it `steps` times (after two warm-up
+  steps).
 
   Args:
     config: a recipe's ConfigDict.
-    steps: timed steps.
+    steps: timed steps; 0: compile and read the memory only.
     devices: the mesh's devices (default: all).
 
   Returns:
-    {'peak_bytes', 'xla_peak_bytes', 'temp_bytes', 'argument_bytes', 'output_bytes', 'alias_bytes',
-    'compile_s', 'step_s' (median; NaN when steps is 0), 'images_per_s', 'batch_size', 'views', 'devices',
-    'device_kind'}.
+    `ssl_jax.bench.memory`'s fields and 'compile_s', 'step_s' (median; NaN when steps is 0), 'images_per_s',
+    'batch_size', 'views', 'devices', 'device_kind'.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from ssl_jax import methods, sharding  # pylint: disable=g-import-not-at-top
+  from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
   if steps < 0:
     raise UserError(f'--steps={steps} must be >= 0 (0: compile and read the memory only)')
-  mesh = sharding.make_mesh(devices)
-  compiled, state, batch, compile_s = _compiled_step(config, mesh)
-  mem = compiled.memory_analysis()
-  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-           - mem.alias_size_in_bytes)
-  times = []
-  for i in range(_WARMUP_STEPS + steps if steps else 0):
-    started = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    if i >= _WARMUP_STEPS:
-      times.append(time.perf_counter() - started)
-  step_s = statistics.median(times) if times else float('nan')
-  return {'peak_bytes': int(total), 'xla_peak_bytes': int(getattr(mem, 'peak_memory_in_bytes', 0)),
-          'temp_bytes': int(mem.temp_size_in_bytes), 'argument_bytes': int(mem.argument_size_in_bytes),
-          'output_bytes': int(mem.output_size_in_bytes), 'alias_bytes': int(mem.alias_size_in_bytes),
-          'compile_s': round(compile_s, 2), 'step_s': step_s, 'images_per_s': config.batch_size / step_s,
-          'batch_size': config.batch_size, 'views': methods.get_method(config).num_views(config),
-          'devices': mesh.size, 'device_kind': mesh.devices.flat[0].device_kind}
+  compiled, state, batch, mesh, compile_s = bench.compile_step(config, devices)
+  step_s, _ = bench.time_steps(compiled, state, batch, steps)
+  return {**bench.memory(compiled), 'compile_s': round(compile_s, 2), 'step_s': step_s,
+          'images_per_s': config.batch_size / step_s, 'batch_size': config.batch_size,
+          'views': methods.get_method(config).num_views(config), 'devices': mesh.size,
+          'device_kind': mesh.devices.flat[0].device_kind}
 
 
 def compare(configs: dict, *, steps: int, devices=None) -> dict:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from configs import simclr_digits
-from ssl_jax import bench
+from ssl_jax import bench, benchmark
 
 DIGITS = 'configs/simclr_digits.py:runlocal'
 
@@ -43,6 +43,22 @@ def test_end_to_end_reports_every_measurement(tmp_path, capsys, data_dir):
   assert printed.endswith(f'{bench.HEADER}\n{r["markdown_row"]}\n')
   assert r['markdown_row'].count('|') == bench.HEADER.splitlines()[0].count('|')
   assert '—' not in r['markdown_row']  # every cell measured
+
+
+def test_two_recipe_comparison_of_a_recipe_with_itself(tmp_path, data_dir):
+  # `ssl_jax.benchmark` compiles each recipe with `bench.compile_step`: the same program twice, so the same
+  # memory; a bigger batch needs more temporaries.
+  out = tmp_path / 'ratio.json'
+  set_data = data_dir[len('--config.'):]
+  assert benchmark.main(['--baseline', DIGITS, '--candidate', DIGITS, '--set', set_data,
+                         '--steps', '1', '--out', str(out)]) == 0
+  r = json.loads(out.read_text())
+  assert r['ratio']['peak_bytes'] == 1.0 and r['ratio']['temp_bytes'] == 1.0 and r['ratio']['step_s'] > 0
+  assert r['baseline']['views'] == 2 and r['baseline']['devices'] == 8
+  assert benchmark.main(['--baseline', DIGITS, '--candidate', DIGITS, '--set', set_data,
+                         '--candidate_set', 'batch_size=64', '--steps', '0', '--out', str(out)]) == 0
+  r = json.loads(out.read_text())
+  assert r['ratio']['temp_bytes'] > 1.5 and r['candidate']['step_s'] != r['candidate']['step_s']  # NaN: none ran
 
 
 def test_pipeline_mode_reads_the_host_pipeline_only(tmp_path, data_dir):
