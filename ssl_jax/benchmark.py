@@ -33,9 +33,6 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from ssl_jax import bench, recipes  # noqa: E402
 from ssl_jax.errors import UserError  # noqa: E402
 
-RUNS = ('baseline', 'candidate')
-
-
 def measure(config, *, steps: int, devices=None) -> dict:
   """Compiles `config`'s train step (`ssl_jax.bench.compile_step`) and runs it `steps` times (after two warm-up
   steps).
@@ -62,7 +59,7 @@ def measure(config, *, steps: int, devices=None) -> dict:
 
 def compare(configs: dict, *, steps: int, devices=None) -> dict:
   """{'baseline': measure, 'candidate': measure, 'ratio': candidate / baseline of memory and step time}."""
-  results = {name: measure(configs[name], steps=steps, devices=devices) for name in RUNS}
+  results = {name: measure(configs[name], steps=steps, devices=devices) for name in recipes.PAIR}
   b, c = results['baseline'], results['candidate']
   results['ratio'] = {key: c[key] / b[key] for key in ('peak_bytes', 'temp_bytes', 'step_s')}
   return results
@@ -73,7 +70,7 @@ def markdown(results: dict, specs: dict) -> str:
   mib = lambda n: f'{n / 2**20:.1f} MiB'
   rows = ['| run | recipe | views | peak memory | temporaries | step time | images/s | compile |',
           '|---|---|---|---|---|---|---|---|']
-  for name in RUNS:
+  for name in recipes.PAIR:
     r = results[name]
     rows.append(f'| {name} | `{specs[name]}` | {r["views"]} | {mib(r["peak_bytes"])} '
                 f'| {mib(r["temp_bytes"])} | {r["step_s"] * 1e3:.1f} ms | {r["images_per_s"]:.1f} '
@@ -85,32 +82,15 @@ def markdown(results: dict, specs: dict) -> str:
   return '\n'.join(rows) + f'\n\n{b["devices"]} x {b["device_kind"]}, batch {b["batch_size"]}\n'
 
 
-def prepare(args) -> tuple[dict, dict]:
-  """The two configs with their overrides, and their specs as text for the table."""
-  configs, specs = {}, {}
-  for name in RUNS:
-    sets = [*args.set, *getattr(args, f'{name}_set')]
-    config = recipes.load(getattr(args, name))
-    for assignment in sets:
-      recipes.override(config, assignment)
-    configs[name], specs[name] = config, ' '.join([getattr(args, name), *sets])
-  return configs, specs
-
-
 def main(argv=None) -> int:
   """The command line (see the module docstring); returns the exit code."""
   parser = argparse.ArgumentParser(prog='python -m ssl_jax.benchmark', description=__doc__.splitlines()[0])
-  parser.add_argument('--baseline', required=True, help='recipe configs/A.py[:ARG]')
-  parser.add_argument('--candidate', required=True, help='recipe configs/B.py[:ARG]')
-  for flag, whom in (('--set', 'both'), ('--baseline_set', 'the baseline'),
-                     ('--candidate_set', 'the candidate')):
-    parser.add_argument(flag, action='extend', nargs='+', default=[], metavar='KEY=VALUE',
-                        help=f'config overrides for {whom}')
+  recipes.add_pair_arguments(parser)
   parser.add_argument('--steps', type=int, default=20, help='timed steps per recipe')
   parser.add_argument('--out', default='', help='also write the results to this JSON file')
   args = parser.parse_args(argv)
   try:
-    configs, specs = prepare(args)
+    configs, specs = recipes.load_pair(args)
     results = compare(configs, steps=args.steps)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -41,7 +41,6 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from ssl_jax import recipes, report  # noqa: E402
 from ssl_jax.errors import NonFiniteLoss, Preempted, UserError  # noqa: E402
 
-RUNS = ('baseline', 'candidate')
 Point = collections.namedtuple('Point', 'step seconds top1')
 _MUST_AGREE = ('data.name', 'data.eval_split', 'data.image_size', 'eval.knn_ks', 'eval.knn_bank_size')
 
@@ -142,7 +141,7 @@ def summarize(curves: dict, steps_per_epoch: dict) -> dict:
     raise UserError('a run has no kNN scores in its metrics.jsonl; set eval_every_steps > 0 and train again')
   threshold = curves['baseline'][0][-1].top1
   out = {'threshold': threshold}
-  for name in RUNS:
+  for name in recipes.PAIR:
     points, sps, steps = curves[name]
     hit, spe = first_reaching(points, threshold), steps_per_epoch.get(name)
     out[name] = {'final_top1': points[-1].top1, 'steps': steps, 'final_top1_step': points[-1].step,
@@ -189,38 +188,34 @@ def plot(curves: dict, threshold: float, out_path) -> pathlib.Path:
   """compare.png: kNN top-1 of both runs against step and against wall-clock, and the threshold."""
   panels = []
   for x, label in ((0, 'step'), (1, 'training wall-clock (s)')):
-    lines = {name: [(p[x], p.top1) for p in curves[name][0]] for name in RUNS}
-    end = max(p[x] for name in RUNS for p in curves[name][0])
+    lines = {name: [(p[x], p.top1) for p in curves[name][0]] for name in recipes.PAIR}
+    end = max(p[x] for name in recipes.PAIR for p in curves[name][0])
     lines["baseline's final"] = [(0, threshold), (end, threshold)]
     panels.append(('kNN top-1', label, lines))
   return report.plot_panels([panels], out_path)
 
 
 # ----------------------------------------------------------------------------------------------- running
-def prepare(baseline: str, candidate: str, common_sets=(), baseline_sets=(), candidate_sets=()) -> dict:
-  """Both runs' configs with their overrides, checked before anything is trained.
+def prepare(args) -> tuple[dict, dict]:
+  """Both runs' configs with their overrides (`recipes.load_pair`), checked before anything is trained.
 
   Returns:
-    {'baseline': ConfigDict, 'candidate': ConfigDict}.
+    ({'baseline': ConfigDict, 'candidate': ConfigDict}, {the same names: the recipe and overrides as text}).
   """
   from ssl_jax import methods  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
-  configs = {}
-  for name, spec, own in (('baseline', baseline, baseline_sets), ('candidate', candidate, candidate_sets)):
-    config = recipes.load(spec)
-    for assignment in [*common_sets, *own]:
-      recipes.override(config, assignment)
+  configs, specs = recipes.load_pair(args)
+  for name, config in configs.items():
     if config.eval_every_steps <= 0:
       raise UserError(f'the {name} evaluates only at the end (eval_every_steps={config.eval_every_steps}); '
                       'give it a kNN curve, e.g. --set eval_every_steps=10')
     methods.get_method(config)  # add-on and method checks, before the baseline spends its time
-    configs[name] = config
   for key in _MUST_AGREE:
     block, field = key.split('.')
     values = [json.dumps(c.to_dict()[block][field]) for c in configs.values()]
     if values[0] != values[1]:
       raise UserError(f'baseline and candidate differ in {key} ({values[0]} vs {values[1]}): their kNN '
                       'scores would not be comparable; use the same evaluation data and k')
-  return configs
+  return configs, specs
 
 
 def train_or_reuse(config, workdir: pathlib.Path) -> None:
@@ -246,10 +241,10 @@ def steps_per_epoch(config) -> int:
 def run(workdir, configs: dict, specs: dict) -> dict:
   """Trains both runs in `workdir`, writes compare.md and compare.png there; returns the summary."""
   workdir = pathlib.Path(workdir)
-  for name in RUNS:
+  for name in recipes.PAIR:
     train_or_reuse(configs[name], workdir / name)
-  curves = {name: knn_curve(workdir / name) for name in RUNS}
-  summary = summarize(curves, {name: steps_per_epoch(configs[name]) for name in RUNS})
+  curves = {name: knn_curve(workdir / name) for name in recipes.PAIR}
+  summary = summarize(curves, {name: steps_per_epoch(configs[name]) for name in recipes.PAIR})
   plot(curves, summary['threshold'], workdir / 'compare.png')
   (workdir / 'compare.md').write_text(markdown(summary, specs))
   (workdir / 'compare.json').write_text(json.dumps(summary, indent=2))
@@ -260,20 +255,12 @@ def main(argv=None) -> int:
   """The command line (see the module docstring); returns the exit code."""
   parser = argparse.ArgumentParser(prog='python -m ssl_jax.compare', description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='DIR: the runs go to DIR/baseline and DIR/candidate')
-  parser.add_argument('--baseline', required=True, help='recipe configs/A.py[:ARG]')
-  parser.add_argument('--candidate', required=True, help='recipe configs/B.py[:ARG]')
-  for flag, whom in (('--set', 'both runs'), ('--baseline_set', 'the baseline'),
-                     ('--candidate_set', 'the candidate')):
-    parser.add_argument(flag, action='extend', nargs='+', default=[], metavar='KEY=VALUE',
-                        help=f'config overrides for {whom}')
+  recipes.add_pair_arguments(parser)
   args = parser.parse_args(argv)
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  sets = {'baseline': args.set + args.baseline_set, 'candidate': args.set + args.candidate_set}
-  specs = {name: ' '.join([spec, *sets[name]]) for name, spec in (('baseline', args.baseline),
-                                                                  ('candidate', args.candidate))}
   try:
-    configs = prepare(args.baseline, args.candidate, args.set, args.baseline_set, args.candidate_set)
+    configs, specs = prepare(args)
     run(args.workdir, configs, specs)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

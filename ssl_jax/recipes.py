@@ -78,3 +78,31 @@ def override(config, assignment: str) -> None:
   if hasattr(node[last], 'keys'):
     raise UserError(f'{key!r} is a block of fields; set its fields one by one (e.g. {key}.FIELD=VALUE)')
   node[last] = _parse(key, node[last], text)
+
+
+PAIR = ('baseline', 'candidate')
+
+
+def add_pair_arguments(parser) -> None:
+  """--baseline and --candidate recipes with their overrides: --set (both), --baseline_set, --candidate_set."""
+  parser.add_argument('--baseline', required=True, help='recipe configs/A.py[:ARG]')
+  parser.add_argument('--candidate', required=True, help='recipe configs/B.py[:ARG]')
+  for flag, whom in (('--set', 'both'), ('--baseline_set', 'the baseline'), ('--candidate_set', 'the candidate')):
+    parser.add_argument(flag, action='extend', nargs='+', default=[], metavar='KEY=VALUE',
+                        help=f'config overrides for {whom}')
+
+
+def load_pair(args) -> tuple[dict, dict]:
+  """The two recipes of `add_pair_arguments`' parsed `args` with their overrides applied.
+
+  Returns:
+    ({'baseline': ConfigDict, 'candidate': ConfigDict}, {the same names: the recipe and its overrides as text}).
+  """
+  configs, specs = {}, {}
+  for name in PAIR:
+    assignments = [*args.set, *getattr(args, f'{name}_set')]
+    config = load(getattr(args, name))
+    for assignment in assignments:
+      override(config, assignment)
+    configs[name], specs[name] = config, ' '.join([getattr(args, name), *assignments])
+  return configs, specs

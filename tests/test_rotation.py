@@ -318,8 +318,8 @@ def test_compare_cli_trains_both_and_reports(tmp_path, capsys):
   assert '| steps trained | 3 | 3 |' in out and 'step time, candidate / baseline' in out
   summary = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())
   final = {name: json.loads((tmp_path / 'cmp' / name / 'results.json').read_text())['knn_top1']
-           for name in compare.RUNS}
-  for name in compare.RUNS:
+           for name in recipes.PAIR}
+  for name in recipes.PAIR:
     records = map(json.loads, open(tmp_path / 'cmp' / name / 'metrics.jsonl'))
     knn = [(r['step'], r['knn_top1']) for r in records if 'knn_top1' in r]
     assert [s for s, _ in knn] == [1, 2]

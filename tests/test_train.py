@@ -1,5 +1,6 @@
 """The trainer end to end: the quickstart's small variant, 1 vs 8 devices, exact resume (SIGTERM, kill -9)."""
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -126,15 +127,20 @@ print('ok')
   assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-2000:]
 
 
-def test_stages_compile_one_step_per_size(tmp_path):
+def test_stages_compile_one_step_per_size(tmp_path, caplog):
   c = _synthetic(steps=0)
   c.data.synthetic_shape = (24, 24, 3)
   # The second stage continues the first one's optimizer: a resolution change only (tests/test_s3l.py has more).
   c.stages = ({'image_size': 16, 'steps': 2}, {'image_size': 24, 'steps': 2, 'restart_optimizer': False})
   c.checkpoint_every_steps = 2
-  train.train_and_evaluate(c, tmp_path / 'run')
+  with caplog.at_level(logging.DEBUG, logger='jax'):  # jax logs every lowering, cache hit or not, at DEBUG
+    train.train_and_evaluate(c, tmp_path / 'run')
   records = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert [r['image_size'] for r in records] == [16, 16, 24, 24]
+  # Traced once per resolution: neither a checkpoint save, a fetch of the metrics, nor the state the step
+  # returns (donated, resharded?) makes jit trace it again.
+  lowered = [r for r in caplog.records if r.getMessage().startswith('Compiling jit(train_step)')]
+  assert len(lowered) == 2, [r.getMessage()[:200] for r in lowered]
   assert np.isfinite([r['loss'] for r in records]).all()
 
 
