@@ -85,10 +85,11 @@ def compile_step(config, devices=None):
   from flax import nnx  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ssl_jax import data, methods, optim, sharding, train  # pylint: disable=g-import-not-at-top
+  from ssl_jax import config_schema, data, methods, optim, sharding, train  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_threefry_partitionable', True)  # as the trainer: the same random bits
   mesh = sharding.make_mesh(devices)
-  train._validate(config, mesh)  # pylint: disable=protected-access  (the trainer's own input checks)
+  config_schema.validate(config)  # the trainer's own input checks
+  train.check_run(config, mesh)
   method = methods.get_method(config)
   source = data.get_source(config.data, split=config.data.train_split, train=True,
                            num_views=method.num_views(config))

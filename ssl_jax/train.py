@@ -43,20 +43,19 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------- setup helpers
-def _validate(config, mesh) -> None:
-  """Checks that need no data and no model, so bad values fail before anything is computed or written."""
+def check_run(config, mesh) -> None:
+  """The checks beyond each field's type and range (config_schema.validate, which runs first): those across
+  fields or against the mesh. They need no data and no model, so bad values fail before anything is computed
+  or written."""
   sharding.check_batch_size(config.batch_size, mesh)
   group = config.model.bn_group_size
-  if group < 0 or (group and config.batch_size % group):
+  if group and config.batch_size % group:
     raise UserError(f'batch_size={config.batch_size} is not divisible by model.bn_group_size={group}; '
                     'pick a group size that divides the batch (0 = BatchNorm over the whole batch)')
   stages.check(config)
-  if config.total_steps < 0 or (not config.stages and config.total_steps == 0 and config.total_epochs <= 0):
+  if not config.stages and config.total_steps == 0 and config.total_epochs <= 0:
     raise UserError('the run has no steps: set --config.total_steps or --config.total_epochs to a positive '
                     'value')
-  for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    if config[name] <= 0:
-      raise UserError(f'{name}={config[name]} must be positive')
 
 
 def _check_resolution(model, config, sizes) -> None:
@@ -210,12 +209,12 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
     Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved.
   """
   # Setup: every check that can fail on bad input runs before any compute or write.
-  config_schema.validate(config)
+  config_schema.validate(config)  # before jax.distributed starts: a bad value must not hold up the others
   workdir = pathlib.Path(workdir)
   jax.config.update('jax_threefry_partitionable', True)  # random bits independent of the sharding
   sharding.maybe_initialize_distributed(config.distributed)
   mesh = sharding.make_mesh(devices)
-  _validate(config, mesh)
+  check_run(config, mesh)
   method = methods.get_method(config)
   # One live run per workdir (released however the run ends); taken before the checkpointer cleans up.
   with WorkdirLock(workdir, enabled=jax.process_index() == 0):
