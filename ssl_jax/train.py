@@ -178,9 +178,7 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
       if logging_now:
         _log(pending, writer, image_size=resolution_at(step), data_metrics=data_metrics)
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
-        scores = evaluator.knn(state.params, state.batch_stats)
-        # The protocol text goes to results.json at the end; metrics.jsonl holds numbers only.
-        writer.write(done, {k: v for k, v in scores.items() if not isinstance(v, str)}, console=False)
+        writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
       if saving:
         ckpt.save(done, state, config)
       if stopping and done < total_steps:

@@ -48,25 +48,27 @@ class FrozenEncoderEval:
     return bank, self._extract(params, batch_stats, self.test)
 
   def knn(self, params, batch_stats) -> dict:
-    """kNN top-1 on the eval split for every k of `eval.knn_ks`; the protocol is written beside."""
+    """kNN top-1 on the eval split for every k of `eval.knn_ks` (numbers only: the monitor's metrics)."""
     return self._knn_scores(*self._bank_and_test(params, batch_stats))
 
   def _knn_scores(self, bank, test) -> dict:
     e = self.config.eval
     scores = {f'knn_top1_k{k}': knn_accuracy(*bank, *test, num_classes=self.test.num_classes, k=k,
                                              temperature=e.knn_temperature) for k in e.knn_ks}
-    protocol = (f'cosine kNN, k={e.knn_ks[0]}, vote weight exp(sim/{e.knn_temperature}), bank: the first '
-                f'{len(bank[0])} labelled images of {self.config.data.train_split!r}, queries: '
-                f'{self.config.data.eval_split!r}, encoder in inference mode, no augmentation')
-    return {'knn_top1': scores[f'knn_top1_k{e.knn_ks[0]}'], **scores, 'knn_protocol': protocol}
+    return {'knn_top1': scores[f'knn_top1_k{e.knn_ks[0]}'], **scores}
 
   def _scores(self, params, batch_stats) -> dict:
+    """kNN and linear-probe top-1 of the encoder, and the kNN protocol in words."""
     e = self.config.eval
     (bank_x, bank_y), (test_x, test_y) = self._bank_and_test(params, batch_stats)
     linear = linear_probe_accuracy(bank_x, bank_y, test_x, test_y, num_classes=self.test.num_classes,
                                    epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
                                    seed=self.config.seed)
-    return {**self._knn_scores((bank_x, bank_y), (test_x, test_y)), 'linear_top1': float(linear['top1'])}
+    protocol = (f'cosine kNN, k={e.knn_ks[0]}, vote weight exp(sim/{e.knn_temperature}), bank: the first '
+                f'{len(bank_x)} labelled images of {self.config.data.train_split!r}, queries: '
+                f'{self.config.data.eval_split!r}, encoder in inference mode, no augmentation')
+    return {**self._knn_scores((bank_x, bank_y), (test_x, test_y)), 'knn_protocol': protocol,
+            'linear_top1': float(linear['top1'])}
 
   def _exit_scores(self, params, batch_stats) -> dict:
     """Multi-exit models (SelfCon): the linear probe's top-1 on each other exit and on the exits' ensemble."""
