@@ -80,8 +80,13 @@ def _views_per_example(method, config, state, batch) -> int:
 
 
 def compile_step(config, devices=None):
-  """The recipe's jitted train step as the trainer builds it (the online probe off), compiled for its first
-  training batch: (compiled step, train state, global batch, mesh, compile seconds)."""
+  """The recipe's train step, built as the trainer builds it (the online probe off) and compiled.
+
+  Compiled for the recipe's first training batch, on a mesh over `devices` (default: all).
+
+  Returns:
+    (compiled step, train state, global batch, mesh, compile seconds).
+  """
   from flax import nnx  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -137,8 +137,8 @@ def test_stages_compile_one_step_per_size(tmp_path, caplog):
     train.train_and_evaluate(c, tmp_path / 'run')
   records = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert [r['image_size'] for r in records] == [16, 16, 24, 24]
-  # Traced once per resolution: neither a checkpoint save, a fetch of the metrics, nor the state the step
-  # returns (donated, resharded?) makes jit trace it again.
+  # Traced once per resolution: neither a checkpoint save, a fetch of the metrics, nor the donated state that
+  # the step returns makes jit trace it again.
   lowered = [r for r in caplog.records if r.getMessage().startswith('Compiling jit(train_step)')]
   assert len(lowered) == 2, [r.getMessage()[:200] for r in lowered]
   assert np.isfinite([r['loss'] for r in records]).all()
