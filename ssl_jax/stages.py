@@ -161,7 +161,8 @@ def stage_batches(run_plan: Plan, source_for, *, start_step: int, **kwargs):
     **kwargs: the other arguments of the sources' `train_batches` (global_batch_size, seed, ...).
 
   Returns:
-    An iterator of the batches of the sources' `train_batches`, one per step.
+    A generator of the batches of the sources' `train_batches`, one per step; `close()` lets every
+    pipeline go.
   """
   parts = []
   for stage in run_plan.stages:

@@ -291,6 +291,9 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
     state = _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps,
                   data_metrics)
   finally:
+    # Stops the input pipeline's prefetching now, not whenever the generator is collected (a traceback of a
+    # preemption would keep it alive).
+    batches.close()
     ckpt.close()
     writer.close()
   train_time = time.perf_counter() - started
