@@ -168,8 +168,8 @@ def _numpy_checkpoint(workdir, step, like):
     return mgr.restore(step, args=args)['state']
 
 
-# Each process: from the second step on, every step takes a second longer (jax's preemption service needs about
-# half a second to agree on a step); process 1 receives SIGTERM while it runs step 3.
+# Each process: from the second step on, every step takes 1.5 s longer (jax's preemption service needs about
+# half a second to agree on a step, more on a busy machine); process 1 receives SIGTERM while it runs step 3.
 _TWO_PROCESS_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, 'tests')
@@ -182,7 +182,7 @@ def make_slow(*args, **kwargs):
   def slow(state, batch):
     calls.append(None)
     if len(calls) > 1:
-      time.sleep(1.0)
+      time.sleep(1.5)
     if len(calls) == 3 and jax.process_index() == 1:
       os.kill(os.getpid(), signal.SIGTERM)
     return step_fn(state, batch)
