@@ -22,6 +22,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from ssl_jax.config_schema import flatten
 from ssl_jax.errors import UserError
 
 # Fields that may change between a run and its resumption without making the checkpoint incompatible.
@@ -29,17 +30,6 @@ RESUMABLE_CHANGES = ('total_steps', 'total_epochs', 'log_every_steps', 'eval_eve
                      'checkpoint_every_steps', 'keep_checkpoints', 'eval', 'distributed', 'on_nan',
                      'nan_max_rollbacks', 'resume_from_different_config')
 _COMMIT_MARKER = 'commit_success.txt'
-
-
-def flatten(tree: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -191,15 +191,20 @@ def validate(config) -> None:
   _check_block(config, SCHEMA, '')
 
 
-def field_specs(schema: dict = SCHEMA, prefix: str = '') -> dict[str, Spec]:
-  """{dotted name: Spec} of every field the schema knows (the fuzz test draws from it)."""
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}: a config (as a dict), or the schema, by dotted field name."""
   out = {}
-  for name, spec in schema.items():
-    if isinstance(spec, dict):
-      out.update(field_specs(spec, f'{prefix}{name}.'))
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
-      out[f'{prefix}{name}'] = spec
+      out[f'{prefix}{k}'] = v
   return out
+
+
+def field_specs() -> dict[str, Spec]:
+  """{dotted name: Spec} of every field the schema knows (the fuzz test draws from it)."""
+  return flatten(SCHEMA)
 
 
 def _check_block(block, schema: dict, prefix: str) -> None:

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display on training machines
 import matplotlib.pyplot as plt
 
-from ssl_jax.checkpoint import flatten
+from ssl_jax.config_schema import flatten
 from ssl_jax.errors import UserError
 
 CURVES = ('loss', 'probe_top1', 'knn_top1')
