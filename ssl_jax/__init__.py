@@ -4,6 +4,7 @@ Importing the package never imports TensorFlow; only the tfds input pipeline doe
 imported on first use, so `import ssl_jax` stays cheap.
 """
 
+__version__ = '0.1.0'
 __all__ = ['load_encoder']
 
 

@@ -18,10 +18,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ssl_jax import config_schema  # noqa: E402
+from ssl_jax import config_schema, recipes  # noqa: E402
 from ssl_jax.errors import NonFiniteLoss, Preempted, UserError  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe: configs/NAME.py[:ARG].', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe: configs/NAME.py[:ARG] or NAME[:ARG].',
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 
 
@@ -33,7 +34,9 @@ def _fail(message: str, code: int):
 def _parse_flags(argv):
   """absl's parser, but a bad flag or config override is one line and exit code 2."""
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS(recipes.resolve_flag(argv))  # a recipe given by name becomes its file
+  except UserError as e:
+    _fail(str(e), 2)
   except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as e:
     _fail(f'{str(e).strip().splitlines()[-1]} (see --helpfull)', 2)
   if _CONFIG.value is None or not _WORKDIR.value:

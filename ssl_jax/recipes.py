@@ -1,8 +1,11 @@
-"""Recipes by file name, and field overrides given as text: what the command-line tools share.
+"""Recipes by file or by name, and field overrides given as text: what the command-line tools share.
 
-A recipe is 'path/to/recipe.py[:ARG]', a Python file whose `get_config(ARG)` returns the run's ConfigDict
-(configs/). An override is 'a.b=VALUE', read the way `--config.a.b=VALUE` flags are: as the type of the
-field it replaces (bools from true/false/1/0/yes/no, tuples and lists as Python literals).
+A recipe is 'path/to/recipe.py[:ARG]', a Python file whose `get_config(ARG)` returns the run's ConfigDict, or
+'NAME[:ARG]', one of the recipes shipped with ssl_jax (the checkout's configs/ folder; an installed wheel holds
+a copy of it as ssl_jax/_recipes/configs, so no generic top-level `configs` lands in site-packages). Recipes
+import `configs.common`, so the folder holding that `configs` package goes first on sys.path when one is loaded.
+An override is 'a.b=VALUE', read the way `--config.a.b=VALUE` flags are: as the type of the field it replaces
+(bools from true/false/1/0/yes/no, tuples and lists as Python literals).
 """
 import ast
 import importlib.util
@@ -11,23 +14,81 @@ import sys
 
 from ssl_jax.errors import UserError
 
-_REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _recipes_parent() -> pathlib.Path:
+  """The folder holding the `configs` package: inside the installed package, else the checkout's root."""
+  package = pathlib.Path(__file__).resolve().parent
+  installed = package / '_recipes'
+  return installed if (installed / 'configs').is_dir() else package.parent
+
+
+RECIPES_PARENT = _recipes_parent()
+_NOT_RECIPES = ('__init__', 'common')
+
+
+def names() -> list[str]:
+  """The names of the shipped recipes."""
+  return sorted(p.stem for p in (RECIPES_PARENT / 'configs').glob('*.py') if p.stem not in _NOT_RECIPES)
+
+
+def make_importable() -> None:
+  """Puts the recipes' `configs` package first on sys.path (recipes import `configs.common`)."""
+  if str(RECIPES_PARENT) not in sys.path:
+    sys.path.insert(0, str(RECIPES_PARENT))
+
+
+def resolve(spec: str) -> str:
+  """'path/to/recipe.py[:ARG]' of a recipe given by file or by name.
+
+  A file that exists is used as it is. Otherwise 'NAME', 'NAME.py' or 'configs/NAME.py' names a shipped recipe,
+  so the documented `--config configs/NAME.py` also works from any directory once ssl_jax is installed.
+
+  Args:
+    spec: a recipe file or name, optionally followed by ':' and its argument string.
+
+  Returns:
+    The recipe file's path (user directory expanded) and the ':ARG' suffix, if any.
+  """
+  path, sep, arg = spec.partition(':')
+  if pathlib.Path(path).expanduser().is_file():
+    return str(pathlib.Path(path).expanduser()) + sep + arg
+  given = pathlib.PurePath(path)
+  shipped = RECIPES_PARENT / 'configs' / f'{given.stem}.py'
+  if (given.parent in (pathlib.PurePath('.'), pathlib.PurePath('configs')) and given.suffix in ('', '.py')
+      and given.stem not in _NOT_RECIPES and shipped.is_file()):
+    return str(shipped) + sep + arg
+  raise UserError(f'recipe {path} is neither a file nor a recipe name; pass a file such as '
+                  f'configs/simclr_digits.py[:ARG] or one of: {", ".join(names())}')
+
+
+def resolve_flag(argv: list[str], name: str = 'config') -> list[str]:
+  """`argv` with the value of `--NAME` (a recipe given by file or by name) replaced by its file (`resolve`).
+
+  For a flag that loads the file itself (ml_collections' config_flags): this also makes `configs` importable.
+  """
+  make_importable()
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg in (f'--{name}', f'-{name}') and i + 1 < len(argv):
+      argv[i + 1] = resolve(argv[i + 1])
+    elif arg.startswith((f'--{name}=', f'-{name}=')):
+      flag, _, spec = arg.partition('=')
+      argv[i] = f'{flag}={resolve(spec)}'
+  return argv
 
 
 def load(spec: str):
-  """The ConfigDict of recipe `spec`, 'path/to/recipe.py[:ARG]' (its `get_config(ARG)`).
+  """The ConfigDict of recipe `spec`, 'path/to/recipe.py[:ARG]' or 'NAME[:ARG]' (its `get_config(ARG)`).
 
   Args:
-    spec: the recipe file, optionally followed by ':' and its argument string.
+    spec: the recipe file or name (`resolve`), optionally followed by ':' and its argument string.
 
   Returns:
     The recipe's ConfigDict.
   """
-  path, _, arg = spec.partition(':')
-  if not pathlib.Path(path).is_file():
-    raise UserError(f'recipe {path} is not a file; pass one such as configs/simclr_digits.py[:ARG]')
-  if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))  # recipes import `configs.common`
+  path, _, arg = resolve(spec).partition(':')
+  make_importable()
   module_spec = importlib.util.spec_from_file_location(f'recipe_{pathlib.Path(path).stem}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -85,8 +146,8 @@ PAIR = ('baseline', 'candidate')
 
 def add_pair_arguments(parser) -> None:
   """--baseline and --candidate recipes with their overrides: --set (both), --baseline_set, --candidate_set."""
-  parser.add_argument('--baseline', required=True, help='recipe configs/A.py[:ARG]')
-  parser.add_argument('--candidate', required=True, help='recipe configs/B.py[:ARG]')
+  parser.add_argument('--baseline', required=True, help='recipe configs/A.py[:ARG] or A[:ARG]')
+  parser.add_argument('--candidate', required=True, help='recipe configs/B.py[:ARG] or B[:ARG]')
   for flag, whom in (('--set', 'both'), ('--baseline_set', 'the baseline'), ('--candidate_set', 'the candidate')):
     parser.add_argument(flag, action='extend', nargs='+', default=[], metavar='KEY=VALUE',
                         help=f'config overrides for {whom}')
