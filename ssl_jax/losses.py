@@ -16,6 +16,14 @@ import jax.numpy as jnp
 # Excludes an anchor from its own softmax. Finite, so that no inf ever meets a zero in the backward pass.
 _SELF_LOGIT = -1e9
 
+# SupCon's two ways to combine an anchor's positives (Khosla et al., 2020, eq. 2 and 3): 'out' averages the
+# log-probabilities of the positives (L_out: SupContrast, SelfCon); 'in' takes the log of their summed
+# probability (L_in: solo-learn's supervised loss, `simclr_loss_func` with labels as indexes).
+SUPCON_FORMS = ('out', 'in')
+# What the mean over anchors does with an anchor that has no positive: 'exclude' leaves it out (SelfCon's
+# `supcon_s` filter); 'zero' counts it with a loss of 0 (SupContrast at HEAD, commit 72fd989).
+NO_POSITIVE_RULES = ('exclude', 'zero')
+
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   """Scales `x` to unit L2 norm along `axis` (in float32); zero vectors stay zero."""
@@ -24,8 +32,8 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
 
 
 def _anchor_log_probs(anchors: jax.Array, anchor_rows: jax.Array, anchor_ids: jax.Array, keys: jax.Array,
-                      key_ids: jax.Array, *, temperature: float, chunk_size: int = 0):
-  """For each anchor: the mean over its positives of log softmax over every other vector, and if it has any.
+                      key_ids: jax.Array, *, temperature: float, chunk_size: int = 0, form: str = 'out'):
+  """For each anchor: its positives' log softmax over every other vector, combined by `form`; if it has any.
 
   Anchor a is the vector `keys[anchor_rows[a]]`, left out of its own softmax; its positives are the other
   vectors whose id equals `anchor_ids[a]`.
@@ -38,12 +46,16 @@ def _anchor_log_probs(anchors: jax.Array, anchor_rows: jax.Array, anchor_ids: ja
     key_ids: (N,) their ids.
     temperature: softmax temperature τ.
     chunk_size: anchors per chunk, each chunk's logits rebuilt in the backward pass; 0 (or >= A): all at once.
+    form: 'out': the mean over the positives of their log-probabilities; 'in': the log of the sum of their
+      probabilities (SUPCON_FORMS).
 
   Returns:
-    (mean_log_prob_pos (A,) float32, 0 where the anchor has no positive; has_pos (A,) bool).
+    (log_prob_pos (A,) float32, 0 where the anchor has no positive; has_pos (A,) bool).
   """
   if chunk_size < 0:
     raise ValueError(f'chunk_size={chunk_size} must be >= 0 (0 = no chunking)')
+  if form not in SUPCON_FORMS:
+    raise ValueError(f'form={form!r} must be one of {SUPCON_FORMS}')
   num_keys = keys.shape[0]
 
   def rows(chunk):
@@ -54,6 +66,10 @@ def _anchor_log_probs(anchors: jax.Array, anchor_rows: jax.Array, anchor_ids: ja
     log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
     positive = (a_ids[:, None] == key_ids[None, :]) & ~is_self
     num_pos = positive.sum(axis=1)
+    if form == 'in':
+      # Non-positives masked with a finite logit, so an anchor without positives stays finite (then 0).
+      log_sum = jax.nn.logsumexp(jnp.where(positive, log_prob, _SELF_LOGIT), axis=1)
+      return jnp.where(num_pos > 0, log_sum, 0.0), num_pos > 0
     return jnp.where(positive, log_prob, 0.0).sum(axis=1) / jnp.maximum(num_pos, 1), num_pos > 0
 
   total = anchors.shape[0]
@@ -65,32 +81,42 @@ def _anchor_log_probs(anchors: jax.Array, anchor_rows: jax.Array, anchor_ids: ja
             jnp.pad(anchor_ids, (0, pad)))
   chunks = jax.tree.map(lambda x: x.reshape(-1, chunk_size, *x.shape[1:]), chunks)
   # Without the checkpoint the backward pass of the map would keep every chunk's logits: O(N²) again.
-  mean_log_prob_pos, has_pos = jax.lax.map(jax.checkpoint(rows, prevent_cse=False), chunks)
-  return mean_log_prob_pos.reshape(-1)[:total], has_pos.reshape(-1)[:total]
+  log_prob_pos, has_pos = jax.lax.map(jax.checkpoint(rows, prevent_cse=False), chunks)
+  return log_prob_pos.reshape(-1)[:total], has_pos.reshape(-1)[:total]
 
 
-def _mean_over_anchors_with_positives(mean_log_prob_pos: jax.Array, has_pos: jax.Array) -> jax.Array:
-  """-mean of `mean_log_prob_pos` over the anchors that have a positive; 0 if none has."""
-  return -jnp.where(has_pos, mean_log_prob_pos, 0.0).sum() / jnp.maximum(has_pos.sum(), 1)
+def _mean_over_anchors(log_prob_pos: jax.Array, has_pos: jax.Array, no_positive: str = 'exclude') -> jax.Array:
+  """-mean of `log_prob_pos` over the anchors with a positive ('exclude'; 0 if none has) or over all ('zero')."""
+  if no_positive not in NO_POSITIVE_RULES:
+    raise ValueError(f'no_positive={no_positive!r} must be one of {NO_POSITIVE_RULES}')
+  kept = has_pos.sum() if no_positive == 'exclude' else has_pos.size
+  return -jnp.where(has_pos, log_prob_pos, 0.0).sum() / jnp.maximum(kept, 1)
 
 
 def contrastive_loss(features: jax.Array, labels: jax.Array | None = None, *, temperature: float,
-                     chunk_size: int = 0) -> jax.Array:
-  """NT-Xent (SimCLR) without labels, SupCon's L_out with labels, over every view of every example.
+                     form: str = 'out', no_positive: str = 'exclude', chunk_size: int = 0) -> jax.Array:
+  """NT-Xent (SimCLR) without labels, SupCon (L_out or L_in) with labels, over every view of every example.
 
   All B·V vectors are anchors. For an anchor, the softmax runs over every *other* vector of the batch; its
   positives are the other views of the same example (no labels), or every other vector whose example has the
-  same label (labels). The anchor's loss is the mean over its positives of -log softmax; the result is the mean
-  over anchors that have at least one positive. An anchor without positives (a single view and a label seen
-  once in the batch) is left out instead of producing NaN; if no anchor has a positive the loss is 0.
+  same label (labels). With `form='out'` the anchor's loss is the mean over its positives of -log softmax
+  (SupCon's L_out, Khosla et al., 2020, eq. 2: SupContrast's and SelfCon's code); with `form='in'` it is
+  -log of the summed softmax probability of its positives (L_in, eq. 3: solo-learn's `supcon`). With one
+  positive per anchor (two views, no labels) both are SimCLR's NT-Xent (Chen et al., 2020).
 
-  With V = 2 and no labels this is SimCLR's NT-Xent (Chen et al., 2020); with labels it is L_out of Khosla et
-  al., 2020 ("Supervised Contrastive Learning", eq. 2).
+  An anchor without positives (one view and a label seen once in the batch) never gives NaN. With
+  `no_positive='exclude'` (default) it is left out: the result is the mean over the anchors that have a
+  positive, 0 if none has (SelfCon's code, whose `supcon_s` filter drops such anchors before its loss). With
+  `no_positive='zero'` it counts with a loss of 0 and the mean is over all B·V anchors (SupContrast at HEAD,
+  commit 72fd989, which clamps the positive count to 1; its earlier code divided by 0 and gave NaN). The two
+  differ by the factor (anchors with a positive) / (all anchors); with two or more views they are equal.
 
   Args:
     features: (B, V, D) projections; L2-normalised here, so raw projector outputs are fine.
     labels: optional (B,) integer class labels.
     temperature: softmax temperature τ.
+    form: 'out' (L_out) or 'in' (L_in), SUPCON_FORMS.
+    no_positive: 'exclude' or 'zero', NO_POSITIVE_RULES: what the mean does with anchors without positives.
     chunk_size: 0: the (B·V)² logits at once; C > 0: C anchors at a time, O(B·V·C) memory (module docstring).
 
   Returns:
@@ -106,8 +132,8 @@ def contrastive_loss(features: jax.Array, labels: jax.Array | None = None, *, te
   z = l2_normalize(jnp.swapaxes(features, 0, 1).reshape(v * b, d))
   ids = jnp.tile(jnp.arange(b) if labels is None else labels, v)
   per_anchor = _anchor_log_probs(z, jnp.arange(v * b), ids, z, ids, temperature=temperature,
-                                 chunk_size=chunk_size)
-  return _mean_over_anchors_with_positives(*per_anchor)
+                                 chunk_size=chunk_size, form=form)
+  return _mean_over_anchors(*per_anchor, no_positive)
 
 
 def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
@@ -172,6 +198,27 @@ def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: f
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
 
 
+def moco_symmetric_infonce(q: jax.Array, k: jax.Array, queue_view1: jax.Array, queue_view2: jax.Array, *,
+                           temperature: float) -> jax.Array:
+  """MoCo v2+'s symmetric loss (solo-learn, `methods/mocov2plus.py`): the mean of both directions.
+
+  (InfoNCE(q1, k2, past view-2 keys) + InfoNCE(q2, k1, past view-1 keys)) / 2: each view's queries are
+  contrasted with the other view's key of the same image and with the queue of that other view's past keys.
+
+  Args:
+    q: (B, 2, D) queries of views 1 and 2 (online encoder).
+    k: (B, 2, D) keys of views 1 and 2 (key encoder; no gradient).
+    queue_view1: (K, D) L2-normalised past keys of view 1, the negatives of the view-2 queries.
+    queue_view2: (K, D) L2-normalised past keys of view 2, the negatives of the view-1 queries.
+    temperature: τ.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  return 0.5 * (moco_infonce(q[:, 0], k[:, 1], queue_view2, temperature=temperature)
+                + moco_infonce(q[:, 1], k[:, 0], queue_view1, temperature=temperature))
+
+
 def selfcon_loss(features: jax.Array, labels: jax.Array | None = None, *, temperature: float,
                  anchor_views: tuple[int, ...] | None = None, base_temperature: float | None = None,
                  chunk_size: int = 0) -> jax.Array:
@@ -215,7 +262,7 @@ def selfcon_loss(features: jax.Array, labels: jax.Array | None = None, *, temper
   rows = jnp.concatenate([jnp.arange(b) + i * b for i in anchor_views])
   per_anchor = _anchor_log_probs(anchors, rows, ids[rows], z, ids, temperature=temperature,
                                  chunk_size=chunk_size)
-  loss = _mean_over_anchors_with_positives(*per_anchor)
+  loss = _mean_over_anchors(*per_anchor)
   return loss * (temperature / base_temperature) if base_temperature else loss
 
 

@@ -20,8 +20,8 @@ def _logsumexp(x: np.ndarray) -> float:
   return float(m + np.log(np.exp(x - m).sum()))
 
 
-def _reference(features, labels, temperature) -> float:
-  """The spec, written out anchor by anchor in float64."""
+def _reference(features, labels, temperature, form='out', no_positive='exclude') -> float:
+  """The spec, written out anchor by anchor in float64 (`form`, `no_positive`: see contrastive_loss)."""
   b, v, d = features.shape
   z = np.asarray(features, np.float64).reshape(b * v, d)  # row n·V + i is view i of example n
   z = z / np.linalg.norm(z, axis=1, keepdims=True)
@@ -33,9 +33,14 @@ def _reference(features, labels, temperature) -> float:
     others = [j for j in range(b * v) if j != a]
     positives = [j for j in others if ids[j] == ids[a]]
     if not positives:
+      if no_positive == 'zero':
+        anchor_losses.append(0.0)
       continue
     log_denominator = _logsumexp(sim[a, others])
-    anchor_losses.append(np.mean([log_denominator - sim[a, p] for p in positives]))
+    if form == 'in':  # -log Σ_p softmax_p
+      anchor_losses.append(log_denominator - _logsumexp(sim[a, positives]))
+    else:             # mean_p -log softmax_p
+      anchor_losses.append(np.mean([log_denominator - sim[a, p] for p in positives]))
   return float(np.mean(anchor_losses)) if anchor_losses else 0.0
 
 
@@ -105,6 +110,47 @@ def test_single_view_drops_anchors_without_positives():
   assert not np.isclose(float(got), expected * 5 / 7, rtol=1e-2)
   _, grad = _value_and_grad(jnp.asarray(x), jnp.asarray(labels), temperature=0.5)
   assert np.all(np.isfinite(grad))
+
+
+_loss_switched = jax.jit(jax.value_and_grad(losses.contrastive_loss),
+                         static_argnames=('temperature', 'form', 'no_positive', 'chunk_size'))
+
+
+@pytest.mark.parametrize('form', losses.SUPCON_FORMS)
+@pytest.mark.parametrize('no_positive', losses.NO_POSITIVE_RULES)
+@pytest.mark.parametrize('v,labels', [
+    (1, [0, 0, 1, 2, 2, 2, 3, 4]),   # 8 anchors, 3 without a positive
+    (2, [0, 1, 0, 2, 1, 0, 3, 3]),
+    (3, [1, 1, 1, 1, 0, 2]),
+])
+def test_forms_and_no_positive_rules_match_numpy(form, no_positive, v, labels):
+  labels = np.array(labels)
+  x = _features(17 + v, len(labels), v, 8)
+  got, grad = _loss_switched(jnp.asarray(x), jnp.asarray(labels), temperature=0.1, form=form,
+                             no_positive=no_positive)
+  np.testing.assert_allclose(float(got), _reference(x, labels, 0.1, form, no_positive), rtol=1e-5)
+  assert np.all(np.isfinite(grad))
+
+
+def test_l_in_is_never_above_l_out_and_rules_differ_by_the_share_of_anchors_with_positives():
+  labels = jnp.asarray([0, 0, 1, 2, 2, 2, 3, 4])
+  x = jnp.asarray(_features(23, 8, 1, 8))
+  value = lambda **kw: float(_loss_switched(x, labels, temperature=0.1, **kw)[0])
+  # Jensen: log of the mean positive probability >= mean of the logs; the sum adds log(#positives) > 0.
+  assert value(form='in') < value(form='out')
+  # SupContrast's rule averages 3 zeros in with the 5 kept anchors: 5/8 of the SelfCon-style mean.
+  np.testing.assert_allclose(value(no_positive='zero'), value(no_positive='exclude') * 5 / 8, rtol=1e-6)
+  # Chunked anchors give the same L_in.
+  np.testing.assert_allclose(float(_loss_switched(x, labels, temperature=0.1, form='in', chunk_size=3)[0]),
+                             value(form='in'), rtol=1e-6)
+
+
+def test_unknown_form_or_rule_is_a_value_error():
+  x = jnp.asarray(_features(0, 4, 2, 8))
+  with pytest.raises(ValueError, match='form'):
+    losses.contrastive_loss(x, temperature=0.1, form='both')
+  with pytest.raises(ValueError, match='no_positive'):
+    losses.contrastive_loss(x, temperature=0.1, no_positive='nan')
 
 
 def test_single_view_without_labels_is_zero_with_finite_gradient():
