@@ -11,7 +11,7 @@ import pytest
 
 import ssl_jax
 from configs import fusion_cifar, fusion_digits, fusion_imagenet, fusion_imagenet100
-from ssl_jax import methods, train
+from ssl_jax import config_schema, methods, train
 from ssl_jax.errors import UserError
 from ssl_jax.methods import fusion as fusion_addon
 from ssl_jax.models import BatchFusion, fusion
@@ -214,7 +214,7 @@ def test_bad_settings_are_user_errors(change, match):
 @pytest.mark.parametrize('framework, expected', [
     ('simclr', [(32, 0)]), ('supcon', [(32, 0)]), ('simsiam', [(32, 0)]),
     ('byol', [(32, 0), (32, 0)]),      # online, then the target over the same rows: the same partners
-    ('moco', [(16, 0), (16, 1)])])     # queries are view 1, keys view 2
+    ('moco', [(16, 0), (16, 1), (16, 0), (16, 1)])])  # symmetric: queries of views 1, 2, then their keys
 def test_every_encoder_call_of_a_step_passes_the_stem_hook(framework, expected):
   """Each framework hands `ctx.after_stem` to all its training-step encoder calls, the target's included."""
   c = _tiny(framework, fusion_on=False)
@@ -253,7 +253,7 @@ def test_configs_build_and_validate():
   built += [fusion_digits.get_config(f'framework={f}{extra}') for f in ('simclr', 'byol')
             for extra in ('', ',runlocal')]
   for c in built:
-    fusion_addon.check_config(c)
+    config_schema.validate(c)
     methods.get_method(c)
   assert fusion_cifar.get_config('dataset=cifar100').data.name == 'cifar100'
   assert fusion_imagenet100.get_config('framework=moco').data.name == 'imagenet100'

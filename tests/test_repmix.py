@@ -9,7 +9,7 @@ from scipy import ndimage, stats
 import tensorflow_datasets as tfds
 
 from configs import repmix_cifar10, repmix_digits, repmix_imagenet, repmix_stl10, simclr_digits
-from ssl_jax import data, losses, methods, optim, train
+from ssl_jax import config_schema, data, losses, methods, optim, train
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import linear
@@ -314,8 +314,8 @@ def test_digits_baseline_is_the_quickstart():
 def test_bad_repmix_settings_are_user_errors():
   c = repmix_cifar10.get_config('runlocal')
   c.repmix.mix_weight = 1.5
-  with pytest.raises(UserError, match='mix_weight'):
-    repmix.build_model(c, in_channels=3, rngs=nnx.Rngs(0))
+  with pytest.raises(UserError, match='repmix.mix_weight=1.5'):
+    config_schema.validate(c)
 
 
 # ----------------------------------------------------------------------------------------------- trainer

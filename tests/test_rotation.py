@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from configs import byol_cifar10, rotation_cifar, rotation_digits, rotation_imagenet100, simsiam_cifar10
-from ssl_jax import compare, losses, methods, recipes, train
+from configs import (byol_cifar10, rotation_cifar, rotation_digits, rotation_imagenet100, selfcon_digits,
+                     simsiam_cifar10)
+from ssl_jax import compare, config_schema, losses, methods, recipes, train
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.methods import byol, rotation
@@ -188,11 +189,18 @@ def test_switched_off_the_addon_is_not_there():
   assert not rotation.enabled(config)   # configs saved before the add-on existed
 
 
+def test_frameworks_that_do_not_declare_rotation_refuse_it():
+  config = selfcon_digits.get_config('runlocal')
+  config.rotation = _config('simclr', enabled=True).rotation
+  with pytest.raises(UserError, match="rotation.enabled=True does not support method 'selfcon'; use one of "
+                     'byol, moco, simclr, simsiam, supcon'):
+    methods.get_method(config)
+
+
 @pytest.mark.parametrize('field, value, expected', [
-    ('method', 'selfcon', "does not support method 'selfcon'"),
     ('rotation.weight', -0.1, 'rotation.weight=-0.1'),
-    ('rotation.num_angles', 3, 'rotation.num_angles=3'),
-    ('rotation.head_on', 'predictor', "rotation.head_on='predictor'"),
+    ('rotation.num_angles', 3, 'rotation.num_angles 3 is unknown'),
+    ('rotation.head_on', 'predictor', "rotation.head_on 'predictor' is unknown"),
     ('rotation.hidden_dim', -1, 'rotation.hidden_dim=-1'),
     ('num_views', 1, 'two views'),
 ])
@@ -201,6 +209,7 @@ def test_bad_rotation_settings_are_user_errors(field, value, expected):
   node, _, leaf = field.rpartition('.')
   (config[node] if node else config)[leaf] = value
   with pytest.raises(UserError, match=expected) as info:
+    config_schema.validate(config)   # the two places a config is checked, in the trainer's order
     methods.get_method(config)
   assert '\n' not in str(info.value)
 

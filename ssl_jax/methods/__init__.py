@@ -1,6 +1,9 @@
 """Self-supervised methods, one small module each, looked up by `config.method`.
 
 A method module defines:
+  CAPABILITIES: Capabilities                      what it needs and what may wrap it (below); the trainer, the
+                                                 add-ons, the config checks and the contract test read it, so
+                                                 no list of method names exists outside this registry
   build_model(config, *, in_channels, rngs) -> nnx.Module
       The trainable model. It has an `encoder` attribute and a `features(images, *, train)` method (images
       float in [0, 1]) that evaluation and `load_encoder` use; it may hold any heads and a module in front of
@@ -16,6 +19,7 @@ A method module defines:
       features (B, D) of one view, which the online linear probe reads (under stop_gradient). `key` is the
       same step key `make_views` got; a method that needs both splits it the same way in both.
 It may also define (defaults below):
+  check_config(config) -> None                   its own cross-field checks (UserError), run before any compute
   num_views(config) -> int                       views per example the input pipeline should crop on the host
   init_extra(model, config) -> pytree            method state kept in the train state (EMA params, a queue)
   after_update(extra, params, ctx) -> pytree     method state after the optimizer step (e.g. an EMA update)
@@ -51,8 +55,30 @@ class StepContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class Capabilities:
+  """What a framework declares about itself.
+
+  needs_labels: its loss reads labels (a supervised loss), so a split without labels is refused before any
+    compute; a function of the config where that depends on the config (SelfCon's variants).
+  addons: the add-ons of `ADDONS` that may wrap it; the others refuse it in one line.
+  stem_hook: it passes `StepContext.after_stem` to every encoder call of its step (batch fusion after the stem).
+  backbones: the encoder families (`ssl_jax.models.family`) it can train.
+  config_blocks: dotted config blocks it reads besides the common ones; a config without one is refused.
+  """
+  needs_labels: bool | Callable[[Any], bool] = False
+  addons: tuple[str, ...] = ()
+  stem_hook: bool = False
+  backbones: tuple[str, ...] = ('resnet',)
+  config_blocks: tuple[str, ...] = ()
+
+  def labels_needed(self, config) -> bool:
+    return self.needs_labels(config) if callable(self.needs_labels) else self.needs_labels
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   name: str
+  capabilities: Capabilities
   build_model: Callable
   make_views: Callable
   loss_fn: Callable
@@ -60,6 +86,7 @@ class Method:
   init_extra: Callable
   after_update: Callable
   needs_partners: Callable = lambda config: False
+  check_config: Callable = lambda config: None
 
 
 ADDONS = ('rotation', 'fusion')  # add-on modules, in the order they wrap the framework
@@ -72,13 +99,43 @@ def available() -> list[str]:
 
 
 def get_method(config) -> Method:
-  """The framework `config.method`, extended by every add-on its config switches on."""
+  """The framework `config.method`, checked against `config` and extended by every add-on it switches on.
+
+  Raises:
+    UserError: the config lacks a block the framework needs, fails the framework's own check, or switches
+      on an add-on the framework does not accept (or one whose block is bad).
+  """
   method = _framework(config.method)
+  caps = method.capabilities
+  for block in caps.config_blocks:
+    _require_block(config, block)
+  method.check_config(config)
   for name in ADDONS:
     addon = importlib.import_module(f'{__name__}.{name}')
     if addon.enabled(config):
+      if name not in caps.addons:
+        accepting = [m for m in available() if name in _framework(m).capabilities.addons]
+        raise UserError(f'{name}.enabled=True does not support method {config.method!r}; use one of '
+                        f'{", ".join(accepting)} or set --config.{name}.enabled=False')
       method = addon.apply(method, config)
   return method
+
+
+def check_labels(method: Method, config, num_classes: int) -> None:
+  """Raises UserError when `method` needs labels and the training split (`num_classes`) has none."""
+  if method.capabilities.labels_needed(config) and num_classes < 1:
+    raise UserError(f'method {config.method!r} is supervised (its loss reads labels) but the training split '
+                    f'{config.data.name}:{config.data.train_split} has no labels; use a labelled split or an '
+                    'unsupervised method such as simclr')
+
+
+def _require_block(config, name: str) -> None:
+  node = config
+  for part in name.split('.'):
+    if part not in node:
+      raise UserError(f'config.method={config.method!r} needs the config block `{name}`; start from one of its '
+                      f'recipes (configs/{config.method}_*.py) or add the block')
+    node = node[part]
 
 
 def _framework(name: str) -> Method:
@@ -88,6 +145,7 @@ def _framework(name: str) -> Method:
   mod = importlib.import_module(f'{__name__}.{name}')
   return Method(
       name=name,
+      capabilities=mod.CAPABILITIES,
       build_model=mod.build_model,
       make_views=mod.make_views,
       loss_fn=mod.loss_fn,
@@ -95,4 +153,5 @@ def _framework(name: str) -> Method:
       init_extra=getattr(mod, 'init_extra', lambda model, config: {}),
       after_update=getattr(mod, 'after_update', lambda extra, params, ctx: extra),
       needs_partners=getattr(mod, 'needs_partners', lambda config: False),
+      check_config=getattr(mod, 'check_config', lambda config: None),
   )

@@ -8,14 +8,17 @@ BYOL code: τ 0.99). Loss: 2 - 2·cos(p, sg(z')) symmetrised over the two views,
 Views: view 1 from `config.augment`, view 2 from `config.augment2`, so the paper's asymmetric blur / solarize
 recipe is two configs; symmetric recipes set both the same.
 """
-from ssl_jax import losses
+from ssl_jax import losses, methods
 from ssl_jax.methods import _momentum, common
+
+CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True,
+                                    config_blocks=('augment2', 'ema', 'model.predictor'))
+
+check_config = _momentum.check_ema
 
 
 def build_model(config, *, in_channels, rngs):
   """The online encoder + projector and the predictor (a TwoBranchModel)."""
-  _momentum.require_blocks(config, 'augment2', 'ema', 'model.predictor')
-  _momentum.check_ema(config.ema)
   return _momentum.build_two_branch(config, in_channels=in_channels, rngs=rngs, predictor=True)
 
 

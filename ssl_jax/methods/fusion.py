@@ -1,8 +1,8 @@
 """Batch fusion add-on (BA-SSL, Zhang, Shen & Liu, arXiv 2311.09974): each view's batch fused pre-encoder.
 
 OUR READING of the paper, whose full text and code were not available (see ssl_jax/models/fusion.py for
-what is known and which choices are guesses). Switched on for any framework (simclr, supcon, byol, simsiam,
-moco) by `--config.fusion.enabled=True`:
+what is known and which choices are guesses). Switched on by `--config.fusion.enabled=True` for every
+framework that declares the add-on (`CAPABILITIES.addons`):
 
   * the model gets a `BatchFusion` layer as its attribute `fusion`, so the framework's own parameter paths do
     not change (a BYOL / MoCo target copies `online` only and never contains the fusion layer);
@@ -32,7 +32,7 @@ in one group; a momentum target (BYOL, MoCo keys) applies the ONLINE fusion laye
 under its stop-gradient, as it sees online-fused images with the input placement. MoCo's keys are view 2
 (`first_view=1`): they draw their own partners, and with shuffle-BN they are grouped in the shuffled order.
 The rotation add-on's rotated copies are not fused at the stem (they run outside the framework's calls).
-Only simclr, supcon, byol, simsiam and moco pass the hook; other methods refuse the 'stem' placement.
+Frameworks that pass the hook declare `stem_hook` in their CAPABILITIES; the others refuse the 'stem' placement.
 """
 import dataclasses
 import functools
@@ -46,7 +46,6 @@ from ssl_jax.models import compute_dtype, resnet
 from ssl_jax.models.fusion import BatchFusion, check_options
 
 PLACEMENTS = ('input', 'stem')
-STEM_FRAMEWORKS = ('simclr', 'supcon', 'byol', 'simsiam', 'moco')  # those that pass ctx.after_stem
 
 _PERMUTATION_STREAM = 0x46757365  # 'Fuse': a key stream of its own; the framework's randomness is unchanged
 
@@ -56,16 +55,16 @@ def enabled(config) -> bool:
   return 'fusion' in config and bool(config.fusion.enabled)
 
 
-def check_config(config) -> None:
-  """Raises UserError for a `config.fusion` block the run cannot use (before any compute)."""
+def check_config(config, method) -> None:
+  """Raises UserError for a `config.fusion` block the run cannot use with `method` (before any compute)."""
   f = config.fusion
   check_options(patch_size=f.patch_size, group_size=f.group_size, num_layers=f.num_layers, width=f.width,
                 kernel_size=f.kernel_size, norm=f.norm, activation=f.activation, gate=f.gate)
   if f.placement not in PLACEMENTS:
     raise UserError(f'fusion.placement={f.placement!r} is unknown; use one of {", ".join(PLACEMENTS)}')
-  if f.placement == 'stem' and config.method not in STEM_FRAMEWORKS:
+  if f.placement == 'stem' and not method.capabilities.stem_hook:
     raise UserError(f'fusion.placement="stem" is not available with method={config.method!r} (it does not '
-                    f'pass the stem hook); use placement="input" or one of {", ".join(STEM_FRAMEWORKS)}')
+                    'pass the stem hook); use placement="input" or a framework that declares stem_hook')
   if config.batch_size % f.group_size:
     raise UserError(f'batch_size={config.batch_size} is not divisible by fusion.group_size={f.group_size}; '
                     'pick a group size that divides the global batch')
@@ -131,7 +130,7 @@ def apply(method, config):
   Returns:
     The extended Method (the same one when `fusion.num_layers` is 0).
   """
-  check_config(config)
+  check_config(config, method)
   if not config.fusion.num_layers:
     return method
   share, at_stem = bool(config.fusion.share_groups), config.fusion.placement == 'stem'

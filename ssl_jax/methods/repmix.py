@@ -34,27 +34,14 @@ optimizer and its periodic learning-rate schedule, with the standard alternative
 import jax
 import jax.numpy as jnp
 
+from ssl_jax import methods
 from ssl_jax.data import augment
-from ssl_jax.errors import UserError
 from ssl_jax.methods import common
 
+CAPABILITIES = methods.Capabilities(addons=('fusion',), config_blocks=('repmix',))
 
-def _check(config) -> None:
-  mix = config.repmix
-  if not 0.0 <= mix.mix_weight <= 1.0:
-    raise UserError(f'repmix.mix_weight={mix.mix_weight} must be in [0, 1] (0.5: the paper\'s plain sum)')
-  if mix.mix_beta_alpha < 0:
-    raise UserError(f'repmix.mix_beta_alpha={mix.mix_beta_alpha} must be >= 0 (0: the fixed mix_weight)')
-  if config.loss.reduction not in common.LOSS_REDUCTIONS:
-    raise UserError(f'loss.reduction={config.loss.reduction!r} is unknown; '
-                    f'use one of {", ".join(common.LOSS_REDUCTIONS)}')
-  common.chunk_size(config.loss)
-
-
-def build_model(config, *, in_channels: int, rngs):
-  """SimCLR's encoder + projector (`common.EncoderProjector`): RepMix adds no parameters."""
-  _check(config)
-  return common.build_encoder_projector(config, in_channels=in_channels, rngs=rngs)
+# SimCLR's encoder + projector (`common.EncoderProjector`): RepMix adds no parameters.
+build_model = common.build_encoder_projector
 
 
 def needs_partners(config) -> bool:

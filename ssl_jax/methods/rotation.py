@@ -2,8 +2,8 @@
 
 "Towards Efficient and Effective Self-Supervised Learning of Visual Representations": besides its own loss,
 the framework learns to predict by how much a copy of each of its two main views was rotated, a well-posed
-task that converges fast. Switched on for simclr, supcon, byol, simsiam and moco by
-`--config.rotation.enabled=True`:
+task that converges fast. Switched on by `--config.rotation.enabled=True` for every framework that declares
+the add-on (`CAPABILITIES.addons`):
 
   * for each of views[:, 0] and views[:, 1], a rotated copy: image b of view m is turned counter-clockwise by
     k·360/`num_angles` degrees, k drawn uniformly per copy (0 included, so a quarter of the 4-angle copies are
@@ -27,7 +27,6 @@ Logged: `ssl_loss` (the framework's loss alone), `rotation_loss` ((CE_1 + CE_2)/
 chance) and `rotation_top1` (the head's accuracy on the rotated copies of the batch).
 """
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,6 @@ from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.models import MLPHead
 
-FRAMEWORKS = ('simclr', 'supcon', 'byol', 'simsiam', 'moco')
 ANGLE_SETS = (2, 4, 8, 12)   # {0, 180}, quarter turns, 45-degree and 30-degree steps (the paper's ablation)
 HEAD_INPUTS = ('projector', 'backbone')
 _ANGLE_STREAM = 0x526F74  # 'Rot': a key stream of its own, so the framework's randomness is unchanged
@@ -49,22 +47,8 @@ def enabled(config) -> bool:
 
 
 def check_config(config, method) -> None:
-  """Raises UserError for a `config.rotation` block the run cannot use with `method` (before any compute)."""
-  r = config.rotation
-  if config.method not in FRAMEWORKS:
-    raise UserError(f'rotation.enabled=True does not support method {config.method!r}; use one of '
-                    f'{", ".join(FRAMEWORKS)} or set --config.rotation.enabled=False')
-  if not isinstance(r.weight, (int, float)) or not math.isfinite(r.weight) or r.weight < 0:
-    raise UserError(f'rotation.weight={r.weight} must be a finite number >= 0 (the paper tunes it in '
-                    '[0.1, 1]; 0 trains the head without changing the framework\'s gradients)')
-  if r.num_angles not in ANGLE_SETS:
-    raise UserError(f'rotation.num_angles={r.num_angles} is not an angle set; use one of {ANGLE_SETS} '
-                    '(4 = 0/90/180/270 degrees, the paper default)')
-  if r.head_on not in HEAD_INPUTS:
-    raise UserError(f'rotation.head_on={r.head_on!r} is unknown; use "projector" (the paper) or "backbone" '
-                    '(the official SwAV code)')
-  if r.hidden_dim < 0:
-    raise UserError(f'rotation.hidden_dim={r.hidden_dim} must be >= 0 (0 = the width of the head\'s input)')
+  """Raises UserError when `method` makes fewer than the two views the task rotates (the schema checks the
+  `config.rotation` fields, `methods.get_method` that the framework accepts the add-on)."""
   num_views = method.num_views(config)
   if num_views < 2:
     raise UserError(f'rotation needs two views per image (it rotates copies of views 1 and 2) but '

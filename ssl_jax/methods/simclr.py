@@ -5,8 +5,12 @@ image (2 in the paper); `config.loss.temperature` is τ.
 """
 import functools
 
+from ssl_jax import methods
 from ssl_jax.methods import common
 
-build_model = common.build_contrastive_model
+CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True)
+
+build_model = common.build_encoder_projector
 make_views = common.make_views
 loss_fn = functools.partial(common.contrastive_loss_fn, use_labels=False)
+check_config = functools.partial(common.check_contrastive, use_labels=False)

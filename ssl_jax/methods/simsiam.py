@@ -6,13 +6,15 @@ one forward pass; the loss is D(p1, sg(z2))/2 + D(p2, sg(z1))/2 with D the negat
 
 Views: view 1 from `config.augment`, view 2 from `config.augment2` (the same recipe in the shipped configs).
 """
-from ssl_jax import losses
+from ssl_jax import losses, methods
 from ssl_jax.methods import _momentum, common
+
+CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True,
+                                    config_blocks=('augment2', 'model.predictor'))
 
 
 def build_model(config, *, in_channels, rngs):
   """The encoder + projector and the predictor (a TwoBranchModel)."""
-  _momentum.require_blocks(config, 'augment2', 'model.predictor')
   return _momentum.build_two_branch(config, in_channels=in_channels, rngs=rngs, predictor=True)
 
 

@@ -6,8 +6,12 @@ mean (the single-view SupCon-S baseline of SelfCon relies on this).
 """
 import functools
 
+from ssl_jax import methods
 from ssl_jax.methods import common
 
-build_model = common.build_contrastive_model
+CAPABILITIES = methods.Capabilities(needs_labels=True, addons=('rotation', 'fusion'), stem_hook=True)
+
+build_model = common.build_encoder_projector
 make_views = common.make_views
 loss_fn = functools.partial(common.contrastive_loss_fn, use_labels=True)
+check_config = functools.partial(common.check_contrastive, use_labels=True)
