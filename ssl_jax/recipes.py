@@ -48,7 +48,8 @@ def resolve(spec: str) -> str:
     spec: a recipe file or name, optionally followed by ':' and its argument string.
 
   Returns:
-    The recipe file's path (user directory expanded) and the ':ARG' suffix, if any.
+    The recipe file's path (user directory expanded) and the ':ARG' suffix, if any; `spec` itself when it is
+    neither a file nor a shipped recipe (the caller reports it: `check_file`).
   """
   path, sep, arg = spec.partition(':')
   if pathlib.Path(path).expanduser().is_file():
@@ -58,8 +59,14 @@ def resolve(spec: str) -> str:
   if (given.parent in (pathlib.PurePath('.'), pathlib.PurePath('configs')) and given.suffix in ('', '.py')
       and given.stem not in _NOT_RECIPES and shipped.is_file()):
     return str(shipped) + sep + arg
-  raise UserError(f'recipe {path} is neither a file nor a recipe name; pass a file such as '
-                  f'configs/simclr_digits.py[:ARG] or one of: {", ".join(names())}')
+  return spec
+
+
+def check_file(path: str) -> None:
+  """Raises UserError when the (resolved) recipe `path` is not a file."""
+  if not pathlib.Path(path).is_file():
+    raise UserError(f'recipe {path} is neither a file nor a recipe name; pass a file such as '
+                    f'configs/simclr_digits.py[:ARG] or one of: {", ".join(names())}')
 
 
 def resolve_flag(argv: list[str], name: str = 'config') -> list[str]:
@@ -88,6 +95,7 @@ def load(spec: str):
     The recipe's ConfigDict.
   """
   path, _, arg = resolve(spec).partition(':')
+  check_file(path)
   make_importable()
   module_spec = importlib.util.spec_from_file_location(f'recipe_{pathlib.Path(path).stem}', path)
   module = importlib.util.module_from_spec(module_spec)
