@@ -1,41 +1,43 @@
 """A trained encoder for PyTorch: `python -m ssl_jax.export WORKDIR_OR_STEP --out FILE [--format F] [--heads]`.
 
-`--format safetensors` (the default, written without PyTorch) or `torch` (`torch.save` of
-{'state_dict': ..., 'metadata': ...}; needs PyTorch). WORKDIR_OR_STEP is a workdir (its newest checkpoint) or a
-`<workdir>/checkpoints/<step>` directory.
+`--format safetensors` (the default; written without PyTorch) or `torch` (`torch.save` of
+{'state_dict': ..., 'metadata': ...}; needs PyTorch). WORKDIR_OR_STEP is a workdir (its newest checkpoint) or
+a `<workdir>/checkpoints/<step>` directory, relative, absolute or starting with `~`.
 
 ResNets are written in torchvision's `state_dict` layout, float32 (params are float32 whatever the compute
 dtype was), so `torchvision.models.resnet18/34/50` loads them with `strict=True` once `model.fc =
 torch.nn.Identity()` (the encoder has no classifier; its output is the pooled feature `load_encoder` embeds):
 
-    conv1.weight                                  (O, I, kH, kW), every kernel OIHW
+    conv1.weight                                              every conv kernel OIHW: (out, in, kH, kW)
     bn1.{weight, bias, running_mean, running_var, num_batches_tracked}
-    layer{s}.{b}.conv{1,2}.weight, layer{s}.{b}.bn{1,2}.*           BasicBlock (ResNet-18/34/20/32)
-    layer{s}.{b}.conv{1,2,3}.weight, layer{s}.{b}.bn{1,2,3}.*       Bottleneck (ResNet-50, stride on conv2)
-    layer{s}.0.downsample.0.weight, layer{s}.0.downsample.1.*        1x1 projection shortcut + BN
+    layer{s}.{b}.conv{1,2}.weight, layer{s}.{b}.bn{1,2}.*         BasicBlock (ResNet-18/34/20/32)
+    layer{s}.{b}.conv{1,2,3}.weight, layer{s}.{b}.bn{1,2,3}.*     Bottleneck (ResNet-50; stride on conv2)
+    layer{s}.0.downsample.0.weight, layer{s}.0.downsample.1.*      1x1 projection shortcut and its BN
 
-What torchvision users replace for the other variants (all recorded in the metadata):
-  * CIFAR stem ('cifar'): `model.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)` and
-    `model.maxpool = nn.Identity()`; grey images (in_channels 1): conv1 with 1 input channel.
-  * fewer stages (S3L's `model.num_stages`, the 3-stage ResNet-20/32): the missing `layer{s}` are absent, so
-    `model.layer4 = nn.Identity()` (and so on); torchvision has no ResNet-20/32, whose keys follow this layout.
-  * `model.width` != 1 scales every channel count: same keys, shapes that torchvision's own constructors do
-    not build (a torchvision-layout ResNet with these widths loads them).
-BatchNorm: eps 1e-5 as PyTorch; running_var is the running mean of the biased batch variance (Flax's), used
+What torchvision users replace for the other variants (each recorded in the metadata):
+  * the CIFAR stem: `model.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)` and
+    `model.maxpool = nn.Identity()`; grey images (in_channels 1) need a 1-channel conv1 with either stem.
+  * fewer stages (S3L's `model.num_stages`): the missing `layer{s}` have no keys, so `model.layer4 =
+    nn.Identity()` (and so on). ResNet-20/32 (3 stages of 16/32/64) follow the same layout; torchvision has no
+    constructor for them.
+  * `model.width` != 1 scales every channel count: the same keys, with shapes torchvision's constructors do
+    not build (a torchvision-layout ResNet with `stage_widths` as its planes loads them).
+BatchNorm: eps 1e-5 as PyTorch's; running_var is the running mean of the biased batch variance (Flax's), used
 identically in eval mode; PyTorch's momentum is 1 - `model.bn_momentum`; num_batches_tracked is the step.
+Only the backbone is exported: not SelfCon's sub-network exit, nor the momentum target of BYOL/MoCo.
 
-`--heads` adds each MLP head (projector, predictor, ...) under its own name, laid out as `torch.nn.Sequential`
-of [Linear, BatchNorm1d, activation] x (num_layers - 1), Linear[, BatchNorm1d(affine=False)] (the
-activation's index is empty), e.g. `projector.0.weight` (out, in), `projector.1.running_mean`,
-`projector.3.weight`.
+`--heads` adds each MLP head (projector, predictor, rotation_head, ...) under its own name as a
+`torch.nn.Sequential`: per hidden layer Linear (no bias when a BatchNorm1d follows), BatchNorm1d, activation,
+then the last Linear and, with `last_bn`, BatchNorm1d(affine=False). Activations hold no weights, so their
+indices have no keys: `projector.0.weight` (out, in), `projector.1.running_mean`, `projector.3.weight`.
 
-Metadata (the safetensors header's `__metadata__`, the torch file's 'metadata'; all strings): ssl_jax_version,
-method, step, config (JSON), backbone, stem, in_channels, feature_dim, stage_widths, resolution, mean and std
-(JSON lists: the model sees (image in [0, 1] - mean) / std, NCHW, centre-cropped and resized to resolution),
-compute_dtype, heads, layout.
+Metadata (the safetensors header's `__metadata__`, the torch file's 'metadata'; all strings, lists as JSON):
+ssl_jax_version, method, step, config (JSON), backbone, stem, block, stage_blocks, stage_widths, in_channels,
+feature_dim, resolution, mean, std, compute_dtype, heads, layout. The model's input is an image in [0, 1],
+centre-cropped to a square and resized to resolution x resolution, then (x - mean) / std per channel, NCHW.
 
-Bad input (no checkpoint, an unknown format, an unwritable --out, a backbone without a converter) is one line
-and exit code 2.
+Bad input (no checkpoint, an unknown format, an unwritable --out, a backbone without a converter, --format
+torch without PyTorch) is one line and exit code 2.
 """
 import argparse
 import json
