@@ -7,8 +7,8 @@ a field at all (with a "did you mean"). `ssl_jax.main` calls it before anything 
 
 Checks that involve several fields (a batch divisible by the devices and by the ghost-BatchNorm group, a
 queue that is a multiple of the batch, a stage list that sets the run's length) stay where the values are
-used; they too run before any compute. Optional blocks (`ema`, `moco`, `augment2`, `model.predictor`,
-`selfcon`) are checked when a recipe has them.
+used; they too run before any compute. Optional blocks (`ema`, `moco`, `augment1`..`augment8`,
+`model.predictor`, `selfcon`, `swav`, `multicrop`) are checked when a recipe has them.
 
 Adding a config field means adding its spec to `SCHEMA` below; the test suite checks every recipe against it.
 """
@@ -147,6 +147,14 @@ SCHEMA = {
         'lr_scaling': _choice(_from('ssl_jax.optim', 'LR_SCALING')), 'base_batch_size': _int(1),
         'warmup_epochs': _float(0.0), 'end_lr_factor': _float(0.0), 'momentum': _prob(), 'nesterov': _BOOL,
         'weight_decay': _float(0.0), 'exclude_bias_and_norm': _BOOL, 'trust_coefficient': _float(0.0),
+    # View i reads augment{i} when the recipe has it, else augment (ssl_jax/data/augment.py view_config).
+    **{f'augment{i}': _AUGMENT for i in (1, *range(3, 9))},
+    'multicrop': {'num_global': _int(1), 'num_local': _int(0), 'local_size': _int(1),
+                  'local_crop_scale': _pair(0.0, 1.0, lo_open=True)},
+    'swav': {'num_prototypes': _int(1), 'temperature': _float(0.0, lo_open=True),
+             'epsilon': _float(0.0, lo_open=True), 'sinkhorn_iters': _int(1),
+             'crops_for_assign': Spec(tuple, lo=0, item=int), 'freeze_prototypes_steps': _int(0),
+             'queue_length': _int(0), 'queue_start_epoch': _float(0.0)},
         'b1': _prob(), 'b2': _prob(), 'schedule': _choice(_from('ssl_jax.optim', 'SCHEDULES')),
         'cosine_t_max_steps': _int(0),
     },

@@ -325,3 +325,58 @@ def rotation_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   logits = logits.astype(jnp.float32)
   picked = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked)
+
+
+def sinkhorn_knopp(scores: jax.Array, *, epsilon: float, num_iters: int) -> jax.Array:
+  """SwAV's codes: the soft assignment of N vectors to K prototypes that splits them equally (Caron et al.).
+
+  Q = exp(scores / ε) (K x N after the transpose of the paper), scaled to sum 1, then `num_iters` rounds of
+  "every prototype's row sums to 1/K" and "every vector's column sums to 1/N"; finally each vector's codes
+  are rescaled to sum to 1 (so the rows of the result are distributions; after the last round every column
+  sums to exactly 1/N, so this is Q·N). The sums run over all N rows of the argument: given the global batch,
+  they are the official code's all-reduced sums, so the codes do not depend on the device count, and the order
+  of the rows does not matter. No gradient flows through the codes (they are targets).
+
+  Args:
+    scores: (N, K) scores of N vectors against K prototypes (cosines in SwAV).
+    epsilon: ε, the entropic regularisation (SwAV: 0.05; smaller is a harder assignment).
+    num_iters: Sinkhorn rounds (SwAV: 3).
+
+  Returns:
+    (N, K) float32 codes; every row sums to 1 and, before that rescaling, every prototype gets mass 1/K.
+  """
+  logits = jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon
+  # The global maximum cancels in the first normalisation; subtracting it keeps exp finite for any ε.
+  q = jnp.exp(logits - jnp.max(logits)).T
+  q = q / jnp.sum(q)
+  k, n = q.shape
+  for _ in range(num_iters):
+    q = q / (jnp.sum(q, axis=1, keepdims=True) * k)
+    q = q / (jnp.sum(q, axis=0, keepdims=True) * n)
+  return (q * n).T
+
+
+def swapped_prediction_loss(scores: jax.Array, codes: jax.Array, assign_views: tuple[int, ...], *,
+                            temperature: float) -> jax.Array:
+  """SwAV's loss: every view predicts the codes of each assignment view from its own prototype scores.
+
+  loss = mean over assignment views a of [ mean over views v != a of
+         mean over examples of -Σ_k codes_a[k] · log softmax(scores_v / τ)[k] ]
+
+  Args:
+    scores: (B, V, K) prototype scores of every view (all resolutions, globals first).
+    codes: (A, B, K) the codes (`sinkhorn_knopp`) of the A assignment views, treated as constants.
+    assign_views: the A view indices the codes belong to (SwAV's `crops_for_assign`, (0, 1)).
+    temperature: τ of the softmax (SwAV: 0.1).
+
+  Returns:
+    Scalar float32 loss.
+  """
+  log_p = jax.nn.log_softmax(scores.astype(jnp.float32) / temperature, axis=-1)   # (B, V, K)
+  codes = jax.lax.stop_gradient(codes).astype(jnp.float32)
+  num_views = scores.shape[1]
+  total = 0.0
+  for a, view in enumerate(assign_views):
+    ce = -jnp.mean(jnp.sum(codes[a][:, None] * log_p, axis=-1), axis=0)   # (V,): each view's mean CE
+    total += (jnp.sum(ce) - ce[view]) / (num_views - 1)
+  return total / len(assign_views)

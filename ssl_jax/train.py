@@ -101,13 +101,14 @@ class _Preemption:
 
 # ----------------------------------------------------------------------------------------------- the step
 def make_train_step(graphdef, tx, schedule, method, config, resolution: int, total_steps: int, probe_tx,
-                    state_sharding, mesh):
-  """The jitted update for one view resolution: views, loss, gradients, optimizer, method state, probe."""
+                    state_sharding, mesh, steps_per_epoch: int = 0):
+  """The jitted update for one view resolution (with multi-crop, one set of resolutions: the local crops'
+  size is fixed by the config): views, loss, gradients, optimizer, method state, probe."""
 
   def train_step(state: TrainState, batch: dict):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     ctx = methods.StepContext(config=config, resolution=resolution, step=state.step, total_steps=total_steps,
-                              extra=state.extra)
+                              extra=state.extra, steps_per_epoch=steps_per_epoch)
     views = method.make_views(key, batch, ctx)
 
     def loss_of(params):
@@ -117,14 +118,14 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, tot
       loss, (metrics, extra, features) = method.loss_fn(model, views, batch, key, ctx)
       return loss, (metrics, extra, features, nnx.state(model, nnx.BatchStat))
 
-    (loss, (metrics, extra, features, batch_stats)), grads = jax.value_and_grad(
-        loss_of, has_aux=True)(state.params)
+    params = method.prepare_params(state.params, config)
+    (loss, (metrics, extra, features, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
     probe = state.probe
     if probe_tx is not None:
       probe, probe_metrics = online_probe.update(probe, probe_tx, features, batch['label'])
       metrics = {**metrics, **probe_metrics}
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    params = optax.apply_updates(params, updates)
     extra = method.after_update(extra, params, dataclasses.replace(ctx, extra=extra))
     metrics = {**metrics, 'loss': loss, 'lr': schedule(state.step),
                'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params)}

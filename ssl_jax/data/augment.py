@@ -542,6 +542,20 @@ def augment_batch(key: jax.Array, images: jax.Array, cfg: Any, out_size: int) ->
   return _augment_batch(key, images, cfg, out_size, crop=bool(cfg.crop))
 
 
+def view_config(config, view: int):
+  """The augment block of view `view` (1-based): `config.augment{view}`, or `config.augment` without one.
+
+  The one rule every framework follows, so e.g. BYOL's asymmetric second view is `augment2` and any
+  framework's view 3 can be given its own `augment3`.
+  """
+  return config.get(f'augment{view}', config.augment)
+
+
+def view_configs(config, num_views: int) -> list:
+  """`view_config` of views 1..num_views."""
+  return [view_config(config, v) for v in range(1, num_views + 1)]
+
+
 def make_views(key: jax.Array, images: jax.Array, cfgs: Sequence[Any], out_size: int) -> jax.Array:
   """V augmented views of every image, view v drawn with its own config `cfgs[v]` and its own key.
 

@@ -23,6 +23,8 @@ It may also define (defaults below):
   num_views(config) -> int                       views per example the input pipeline should crop on the host
   init_extra(model, config) -> pytree            method state kept in the train state (EMA params, a queue)
   after_update(extra, params, ctx) -> pytree     method state after the optimizer step (e.g. an EMA update)
+  prepare_params(params, config) -> params        the params as the step starts from, before the loss and the
+                                                 optimizer see them (SwAV: prototypes L2-normalised)
   needs_partners(config) -> bool                 False; True: every training batch also carries 'partner',
                                                  a random example of the split per anchor (RepMix; see
                                                  ssl_jax.data.sources)
@@ -53,6 +55,7 @@ class StepContext:
   # every encoder call of the training step, the momentum target's included.
   after_stem: Callable | None = None
 
+  steps_per_epoch: int = 0   # of the training data (static; 0 where unknown: benchmarks, tests)
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
@@ -65,12 +68,15 @@ class Capabilities:
   backbones: the encoder families (`ssl_jax.models.family`) it can train.
   config_blocks: dotted config blocks it reads besides the common ones; a config without one is refused.
   """
+  multi_crop: its views and loss take `config.multicrop` local crops (ssl_jax/data/multicrop.py); the others
+    refuse a config with local crops.
   needs_labels: bool | Callable[[Any], bool] = False
   addons: tuple[str, ...] = ()
   stem_hook: bool = False
   backbones: tuple[str, ...] = ('resnet',)
   config_blocks: tuple[str, ...] = ()
 
+  multi_crop: bool = False
   def labels_needed(self, config) -> bool:
     return self.needs_labels(config) if callable(self.needs_labels) else self.needs_labels
 
@@ -88,6 +94,7 @@ class Method:
   needs_partners: Callable = lambda config: False
   check_config: Callable = lambda config: None
 
+  prepare_params: Callable = lambda params, config: params
 
 ADDONS = ('rotation', 'fusion')  # add-on modules, in the order they wrap the framework
 
@@ -111,6 +118,9 @@ def get_method(config) -> Method:
     _require_block(config, block)
   method.check_config(config)
   for name in ADDONS:
+  if 'multicrop' in config and config.multicrop.num_local and not caps.multi_crop:
+    raise UserError(f'multicrop.num_local={config.multicrop.num_local}: method {config.method!r} does not take '
+                    'local crops; set --config.multicrop.num_local=0 or use a method that does (swav)')
     addon = importlib.import_module(f'{__name__}.{name}')
     if addon.enabled(config):
       if name not in caps.addons:
@@ -155,3 +165,4 @@ def _framework(name: str) -> Method:
       needs_partners=getattr(mod, 'needs_partners', lambda config: False),
       check_config=getattr(mod, 'check_config', lambda config: None),
   )
+      prepare_params=getattr(mod, 'prepare_params', lambda params, config: params),

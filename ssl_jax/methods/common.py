@@ -53,7 +53,7 @@ def build_encoder_projector(config, *, in_channels: int, rngs: nnx.Rngs) -> Enco
 def make_views(key, batch, ctx):
   """`config.num_views` augmented views (B, V, R, R, C) in [0, 1], all drawn from `config.augment`."""
   config = ctx.config
-  return augment.make_views(key, batch['image'], [config.augment] * config.num_views, ctx.resolution)
+  return augment.make_views(key, batch['image'], augment.view_configs(config, config.num_views), ctx.resolution)
 
 
 def project_views(model, views, after_stem=None):

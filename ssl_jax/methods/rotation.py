@@ -5,11 +5,13 @@ the framework learns to predict by how much a copy of each of its two main views
 task that converges fast. Switched on by `--config.rotation.enabled=True` for every framework that declares
 the add-on (`CAPABILITIES.addons`):
 
-  * for each of views[:, 0] and views[:, 1], a rotated copy: image b of view m is turned counter-clockwise by
-    k·360/`num_angles` degrees, k drawn uniformly per copy (0 included, so a quarter of the 4-angle copies are
-    not turned), from a key stream of its own: the framework's views and randomness are those of a run
-    without the add-on. 90-degree multiples are exact; the 45/30/60-degree turns of the 8- and 12-angle sets
-    are bilinear with black (0) corners (our choice: the paper does not say how it made them);
+  * for each of views[:, 0] and views[:, 1] (with multi-crop: the first two global crops; local crops are
+    never rotated, as in the official SwAV + rotation code), a rotated copy: image b of view m is turned
+    counter-clockwise by k·360/`num_angles` degrees, k drawn uniformly per copy (0 included, so a quarter of
+    the 4-angle copies are not turned), from a key stream of its own: the framework's views and randomness
+    are those of a run without the add-on. 90-degree multiples are exact; the 45/30/60-degree turns of the
+    8- and 12-angle sets are bilinear with black (0) corners (our choice: the paper does not say how it made
+    them);
   * each copy goes through the encoder (+ projector) in a forward pass of its own, after the framework's, so
     it has its own BatchNorm batch statistics (as the official code's separate calls) and never enters the
     framework's loss; the encoder's running statistics are updated by these passes too, as in the code;
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
-from ssl_jax.data import augment
+from ssl_jax.data import augment, multicrop
 from ssl_jax.errors import UserError
 from ssl_jax.models import MLPHead
 
@@ -109,7 +111,7 @@ def combined_loss(loss_fn, model, views, rotated, labels, batch, key, ctx):
   Args:
     loss_fn: the framework's `loss_fn(model, views, batch, key, ctx)`.
     model: the model with `rotation_head`.
-    views: (B, V, R, R, C) the framework's views.
+    views: the framework's views ((B, V, R, R, C), or multicrop.MultiCropViews).
     rotated: (B, 2, R, R, C) rotated copies of views 1 and 2; labels: (B, 2) their angle labels.
     batch, key, ctx: as for `loss_fn`.
 
@@ -145,8 +147,9 @@ def apply(method, config):
     return model
 
   def loss_fn(model, views, batch, key, ctx):
-    labels = draw_labels(key, views.shape[0], num_angles)
-    rotated = augment.rotate_by_label(views[:, :2], labels, num_angles)
+    main = multicrop.global_views(views)   # with multi-crop, only the first two global crops are rotated
+    labels = draw_labels(key, main.shape[0], num_angles)
+    rotated = augment.rotate_by_label(main[:, :2], labels, num_angles)
     return combined_loss(method.loss_fn, model, views, rotated, labels, batch, key, ctx)
 
   return dataclasses.replace(method, build_model=build_model, loss_fn=loss_fn)
