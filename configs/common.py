@@ -37,10 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.stages = ()
   c.distributed = False         # call jax.distributed.initialize() (multi-host)
   # A non-finite loss (README "Reliability"): 'stop' (exit 1), 'skip_step' (that step's update is dropped on
-  # the device), or 'rollback' (back to the last checkpoint, on with the next batch; at most
-  # nan_max_rollbacks times per launch, then stop).
+  # the device; after nan_max_skipped_steps in a row, stop), or 'rollback' (back to the last checkpoint, on
+  # with the next batch; at most nan_max_rollbacks times per launch, then stop).
   c.on_nan = 'stop'
   c.nan_max_rollbacks = 3
+  c.nan_max_skipped_steps = 5
   # Resume from a workdir whose checkpoint was trained with a different config (e.g. continue it with a new
   # learning rate or dataset): the differing fields are printed and the run goes on.
   c.resume_from_different_config = False

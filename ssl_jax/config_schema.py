@@ -125,6 +125,7 @@ SCHEMA = {
     'distributed': _BOOL,
     'on_nan': _choice(ON_NAN),
     'nan_max_rollbacks': _int(1),
+    'nan_max_skipped_steps': _int(1),
     'resume_from_different_config': _BOOL,
     'model': {
         'name': _choice(_encoders), 'stem': _choice(('cifar', 'imagenet')),

@@ -57,7 +57,10 @@ def read_checkpoint(path) -> tuple[ml_collections.ConfigDict, dict, pathlib.Path
     (config, state, step_dir): state is {'params': nested dict, 'batch_stats': nested dict} of numpy arrays.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import, only needed here)
+  from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top  (imports orbax)
   step_dir = _step_dir(pathlib.Path(path))
+  if step_dir != pathlib.Path(path):  # given a workdir: its newest readable checkpoint, with a warning
+    return checkpoint.read_newest(step_dir.parent, read_checkpoint)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')
@@ -76,8 +79,8 @@ def read_checkpoint(path) -> tuple[ml_collections.ConfigDict, dict, pathlib.Path
       finally:
         logging.set_verbosity(verbosity)
   except Exception as e:  # noqa: BLE001  (orbax raises many types for unreadable files)
-    raise UserError(f'the checkpoint at {step_dir} is unreadable ({type(e).__name__}); pass another step '
-                    'directory or workdir') from None
+    raise UserError(f'the checkpoint at {step_dir} is unreadable ({checkpoint.describe_error(e)}); pass '
+                    'another step directory or workdir') from None
   return ml_collections.ConfigDict(config), _unwrap(dict(state)), step_dir
 
 

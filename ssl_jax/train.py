@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import signal
-import time
 from typing import Any
 
 from absl import logging
@@ -159,7 +158,7 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
 
   A non-finite loss is handled by `config.on_nan` (ssl_jax/non_finite.py) whenever metrics are fetched.
   """
-  guard = non_finite.Guard(config, ckpt, writer)
+  guard = non_finite.Guard(config, ckpt, writer, launch_steps=total_steps - int(state.step))
   guard.prepare(state)
   preemption = _Preemption()
   pending = []
@@ -224,6 +223,13 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   """The rest of `train_and_evaluate`, in the locked workdir: restore, train, evaluate."""
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   ckpt.check_compatible(config)
+  done = ckpt.finished(config, workdir / 'results.json')
+  if done is not None:  # launched again: nothing to train or evaluate
+    ckpt.close()
+    logging.warning('This run is already done (step %d): its results are in %s; nothing is recomputed (raise '
+                    '--config.total_steps to train on, or delete results.json to evaluate again)',
+                    done['steps'], (workdir / 'results.json').absolute())
+    return done
 
   # Input pipeline.
   # One source per view resolution: variable-size data are cropped on the host at each stage's size.
@@ -265,7 +271,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
     return steps[resolution]
 
   # Restore.
-  restored = ckpt.restore(checkpoint.abstract_like(state))
+  restored = ckpt.restore(state)  # the newest usable checkpoint; broken ones are moved aside with a warning
   state = restored if restored is not None else state
   start_step = int(state.step)
   if start_step:
@@ -287,7 +293,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   # Images the source could not decode and left out (image_folder), reported with every log record.
   skipped = getattr(train_source, 'skipped_images', None)
   data_metrics = {} if skipped is None else {'data/skipped_images': float(skipped)}
-  started = time.perf_counter()
+  ckpt.start_clock()  # training time, summed over launches with the checkpoints
   try:
     state = _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, evaluator, total_steps,
                   data_metrics)
@@ -297,7 +303,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
     batches.close()
     ckpt.close()
     writer.close()
-  train_time = time.perf_counter() - started
+  train_time = ckpt.train_time_s()
 
   # Final evaluation and report.
   results = {'steps': total_steps, 'train_time_s': round(train_time, 1)}

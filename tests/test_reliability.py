@@ -1,22 +1,31 @@
-"""Reliability: on_nan policies, a full disk, resuming a changed config, the workdir lock, unreadable images.
+"""Reliability: on_nan policies, broken checkpoints, relaunching a finished run, training time over launches,
+a full disk, resuming a changed config, the workdir lock, unreadable images.
 
 Crashes (`kill -9` during saves) and SIGTERM are tested in tests/test_train.py, next to the run they compare
 with. The trainer runs here use `runs.shared_synthetic()` on one device, whose step test_train.py compiles too
-(one persistent-cache entry for both files); only the skip_step run compiles a (small) step of its own.
+(one persistent-cache entry for both files), also when they go through the command line (`_cli`); the
+skip_step runs compile a (small) step of their own, and following the advice of a non-finite stop (a lower
+learning rate) compiles one more.
 """
 import dataclasses
 import errno
+import functools
 import json
 import os
+import pathlib
+import re
 import socket
 import subprocess
+import sys
+import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import checkpoint, methods, train
+from ssl_jax import checkpoint, main, methods, train
 from ssl_jax.data import sources
 from ssl_jax.errors import NonFiniteLoss, UserError
 from ssl_jax import workdir_lock
@@ -98,6 +107,93 @@ def test_skip_step_drops_the_update_on_device_and_counts_it(tmp_path, monkeypatc
   for part in ('params', 'batch_stats', 'opt_state', 'probe', 'extra'):
     assert _same(saved[3][part], saved[2][part]), part  # bitwise: the update of step 3 was dropped
   assert int(saved[3]['step']) == 3 and not _same(saved[4]['params'], saved[3]['params'])
+
+
+# `runs.shared_synthetic()` as command-line flags: the same config, so the same compiled step.
+_SHARED_FLAGS = ('--config.total_steps=6', '--config.log_every_steps=1', '--config.checkpoint_every_steps=3',
+                 '--config.data.synthetic_examples=64', '--config.data.synthetic_shape=(16,16,3)',
+                 '--config.eval.final=False', '--config.model.bn_group_size=4')
+_RECIPE = str(pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'simclr_cifar10.py')
+
+
+def _cli(monkeypatch, capsys, workdir, *flags) -> tuple[int, str]:
+  """(exit code, stderr) of the real command line (flags, exit codes, error lines) on one device."""
+  monkeypatch.setattr(train, 'train_and_evaluate', functools.partial(train.train_and_evaluate,
+                                                                     devices=jax.devices()[:1]))
+  monkeypatch.setattr(sys, 'argv', list(sys.argv))  # main.run installs its argv there; restored afterwards
+  try:
+    main.run(['ssl_jax.main', '--config', f'{_RECIPE}:runlocal,synthetic', '--workdir', str(workdir),
+              *_SHARED_FLAGS, *flags])
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  finally:
+    monkeypatch.undo()
+  return code, capsys.readouterr().err
+
+
+def _poison_batch_stats_before(monkeypatch, step: int) -> None:
+  """The BatchNorm running statistics turn NaN just before the step at this 0-based position: the loss of
+  that step (train-mode BatchNorm uses the batch's statistics) and the parameters stay finite."""
+  make = train.make_train_step
+
+  def make_poisoned(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def poisoned(state, batch):
+      if int(state.step) == step:
+        state = state.replace(batch_stats=jax.tree.map(lambda x: x * jnp.nan, state.batch_stats))
+      return step_fn(state, batch)
+    return poisoned
+
+  monkeypatch.setattr(train, 'make_train_step', make_poisoned)
+
+
+def _finite(state) -> bool:
+  return all(np.isfinite(x).all() for part in ('params', 'batch_stats', 'opt_state', 'extra', 'probe')
+             for x in jax.tree.leaves(state[part]) if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+def test_stop_on_a_non_finite_state_keeps_the_finite_checkpoint_and_its_advice_resumes(tmp_path, monkeypatch,
+                                                                                      capsys, caplog):
+  # Only the batch statistics diverge: the loss of every step is finite, the state saved after step 4 is not.
+  workdir = tmp_path / 'run'
+  with monkeypatch.context() as patch:
+    _poison_batch_stats_before(patch, step=3)
+    code, err = _cli(patch, capsys, workdir)
+  assert code == 1 and 'Traceback' not in err, err
+  error = [line for line in err.splitlines() if line.startswith('error: ')]
+  assert len(error) == 1, err
+  assert ('the train state became non-finite (in batch_stats) at step 4; the last good checkpoint is kept '
+          '(step 3)') in error[0]
+  saved = runs.checkpoints(workdir)
+  assert sorted(saved) == [3] and _finite(saved[3])
+
+  # Any other change is still refused after the stop; the printed advice is accepted as printed and recovers.
+  code, err = _cli(monkeypatch, capsys, workdir, '--config.optimizer.momentum=0.5')
+  assert code == 2 and 'different config: optimizer.momentum' in err, err
+  advice = re.search(r'running the same command with (--config\.optimizer\.base_lr=\S+) ', error[0]).group(1)
+  code, err = _cli(monkeypatch, capsys, workdir, advice)
+  assert code == 0, err
+  assert any('after a non-finite stop, with optimizer.base_lr' in r.getMessage() for r in caplog.records)
+  saved = runs.checkpoints(workdir)
+  assert sorted(saved) == [3, 6] and _finite(saved[6])
+  assert not (workdir / 'non_finite_stop.json').exists()  # the next launch compares with the new config
+  assert json.loads((workdir / 'results.json').read_text())['steps'] == 6
+
+
+def test_skip_step_gives_up_when_every_update_diverges(tmp_path):
+  # The issue's run: a learning rate of 1e30 makes every update non-finite, so every step is skipped.
+  c = runs.tiny_synthetic(steps=4)
+  c.model.num_stages = 1
+  c.augment.update(crop=False, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0)
+  c.checkpoint_every_steps, c.on_nan, c.optimizer.base_lr = 1, 'skip_step', 1e30
+  c.optimizer.warmup_epochs = 0.0  # no step with a learning rate of 0
+  with pytest.raises(NonFiniteLoss, match=r'4 steps in a row were skipped as non-finite .* at step 4; the last '
+                     r'good checkpoint is kept \(step 3\)'):
+    train.train_and_evaluate(c, tmp_path / 'run', devices=jax.devices()[:1])
+  assert _events(tmp_path / 'run') == [(s, 'nan_skip_step') for s in (1, 2, 3, 4)] + [(4, 'nan_stop')]
+  assert all(_finite(s) for s in runs.checkpoints(tmp_path / 'run').values())
 
 
 def test_full_disk_keeps_the_last_checkpoint_then_resume_with_a_changed_config(tmp_path, monkeypatch, caplog):
