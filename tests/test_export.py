@@ -32,6 +32,14 @@ import runs
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def _env(*path):
+  """The CLI's environment: `path` first on PYTHONPATH, and the suite's compilation cache, which holds the
+  small computations of building the model (they dominate the command's time otherwise)."""
+  return {**os.environ, 'PYTHONPATH': os.pathsep.join([*map(str, path), str(ROOT)]),
+          'JAX_COMPILATION_CACHE_DIR': str(jax.config.jax_compilation_cache_dir),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
 # ----------------------------------------------------------------------- torchvision's ResNet, written out
 class BasicBlock(nn.Module):
   expansion = 1
@@ -252,7 +260,7 @@ def test_safetensors_cli_needs_no_pytorch_and_takes_relative_paths(trained, tmp_
   (tmp_path / 'run').symlink_to(trained)
   proc = subprocess.run([sys.executable, '-m', 'ssl_jax.export', 'run/checkpoints/3', '--out',
                          'out/encoder.safetensors'], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, 'PYTHONPATH': os.pathsep.join([str(tmp_path), str(ROOT)])})
+                        env=_env(tmp_path))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'wrote out/encoder.safetensors: resnet18 (cifar stem) of step 3' in proc.stdout
   path = tmp_path / 'out' / 'encoder.safetensors'
@@ -269,12 +277,10 @@ def test_safetensors_cli_needs_no_pytorch_and_takes_relative_paths(trained, tmp_
 
 
 def _cli(tmp_path, *args, block_torch=False):
-  path = [str(ROOT)]
   if block_torch:
     (tmp_path / 'torch.py').write_text("raise ImportError('PyTorch blocked by the test')\n")
-    path.insert(0, str(tmp_path))
   return subprocess.run([sys.executable, '-m', 'ssl_jax.export', *args], cwd=tmp_path, capture_output=True,
-                        text=True, timeout=300, env={**os.environ, 'PYTHONPATH': os.pathsep.join(path)})
+                        text=True, timeout=300, env=_env(*[tmp_path] * block_torch))
 
 
 @pytest.mark.parametrize('args, block_torch, message', [
