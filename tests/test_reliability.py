@@ -196,6 +196,55 @@ def test_skip_step_gives_up_when_every_update_diverges(tmp_path):
   assert all(_finite(s) for s in runs.checkpoints(tmp_path / 'run').values())
 
 
+def _recorded_train_time(workdir, step: int) -> float:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.CheckpointManager(workdir / 'checkpoints') as mgr:
+    return mgr.metadata(step).custom_metadata['train_time_s']
+
+
+def test_broken_newest_checkpoint_is_moved_aside_train_time_adds_up_and_a_finished_run_is_not_rerun(
+    tmp_path, monkeypatch, caplog):
+  workdir, config = tmp_path / 'run', runs.shared_synthetic()
+  config.checkpoint_every_steps = 1
+  one_device = functools.partial(train.train_and_evaluate, devices=jax.devices()[:1])
+  # Launch 1, preempted after step 3, on a clock running 1000 times fast: its training time dwarfs launch 2's.
+  with monkeypatch.context() as patch:
+    patch.setattr(train, 'train_and_evaluate', one_device)
+    patch.setattr(checkpoint, 'time', types.SimpleNamespace(perf_counter=lambda: 1000 * time.perf_counter(),
+                                                            strftime=time.strftime))
+    runs.preempt_after_step_3(config, workdir, patch)
+  earlier = _recorded_train_time(workdir, 2)
+  assert earlier > 0
+
+  # Step 3's files are cut short on disk: readers fall back to step 2 and leave the workdir alone.
+  for f in (workdir / 'checkpoints' / '3' / 'state').rglob('d/*'):
+    f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+  from ssl_jax import encoder  # pylint: disable=g-import-not-at-top
+  assert encoder.read_checkpoint(workdir)[2].name == '2'
+  assert any('newest readable one (step 3: ' in r.getMessage() for r in caplog.records)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2', '3']
+
+  # Launch 2 moves step 3 aside (kept), says why, resumes from step 2 and adds its time to launch 1's.
+  caplog.clear()
+  started = time.perf_counter()
+  results = one_device(config, workdir)
+  launch_2 = time.perf_counter() - started
+  warning = next(r.getMessage() for r in caplog.records if 'moved aside' in r.getMessage())
+  assert re.search(r'checkpoint of step 3 .* is unreadable \(its state: \w+: .*OUT_OF_RANGE', warning), warning
+  assert 'Resuming from the checkpoint of step 2' in caplog.text
+  broken = [p for p in os.listdir(workdir / 'checkpoints') if p.startswith('broken-3-')]
+  assert len(broken) == 1 and (workdir / 'checkpoints' / broken[0] / 'state').is_dir(), broken
+  assert earlier < _recorded_train_time(workdir, 6) <= results['train_time_s'] + 0.05  # saved before the end
+  assert results['train_time_s'] <= earlier + launch_2 + 0.05
+
+  # Launch 3 of the same command: done already, nothing recomputed or rewritten.
+  caplog.clear()
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*')}
+  assert one_device(config, workdir) == json.loads((workdir / 'results.json').read_text()) == results
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob('*')} == before
+  assert f'already done (step 6): its results are in {workdir / "results.json"}' in caplog.text
+
+
 def test_full_disk_keeps_the_last_checkpoint_then_resume_with_a_changed_config(tmp_path, monkeypatch, caplog):
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
   commit = atomicity.AtomicRenameTemporaryPath.finalize
