@@ -2,21 +2,36 @@
 import ml_collections
 
 from ssl_jax.data import augment
+from ssl_jax.errors import UserError
+
+
+_TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses 'runlocal' or 'key=value,key2' config arguments (big_vision style) over `defaults`."""
+  """Parses 'runlocal' or 'key=value,key2' config arguments (big_vision style) over `defaults`.
+
+  An unknown key or a value of the wrong type is a UserError (exit code 2), never silently ignored.
+  """
   out = ml_collections.ConfigDict(defaults)
+  known = ', '.join(out) or 'none'
   for part in (arg or '').split(','):
     if not part:
       continue
     key, _, value = part.partition('=')
     if key not in out:
-      raise ValueError(f'unknown config argument {key!r}; known: {", ".join(out)}')
+      raise UserError(f'unknown config argument {key!r}; this recipe takes: {known}')
     if isinstance(out[key], bool):
-      out[key] = (value or 'true').lower() in ('1', 'true', 'yes')
+      value = (value or 'true').lower()
+      if value not in _TRUE + _FALSE:
+        raise UserError(f'config argument {key}={value!r} is not true or false; write :{key} (or {key}=false)')
+      out[key] = value in _TRUE
     else:
-      out[key] = type(out[key])(value)
+      try:
+        out[key] = type(out[key])(value)
+      except ValueError:
+        raise UserError(f'config argument {key}={value!r} is not {type(out[key]).__name__}; e.g. '
+                        f'{key}={out[key]}') from None
   return out
 
 
@@ -55,8 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.head = ml_collections.ConfigDict(dict(
       num_layers=2, hidden_dim=2048, out_dim=128, use_bn=True, last_bn=False, activation='relu'))
 
+  # download: a missing dataset that tfds can download is prepared on first use (by process 0); False: an
+  # error that says how to prepare it. ImageNet is always a manual download.
   c.data = ml_collections.ConfigDict(dict(
-      name='cifar10', data_dir='', root='', train_split='train', eval_split='test', image_size=32,
+      name='cifar10', data_dir='', download=True, root='', train_split='train', eval_split='test', image_size=32,
       crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),  # host crops (variable-size datasets only)
       shuffle_buffer=50_000, synthetic_examples=1024, synthetic_shape=(32, 32, 3), synthetic_classes=10,
       # Small data: N random train examples, or n of every class, fixed by subset_seed (0 = whole split).

@@ -74,11 +74,21 @@ fi
 [[ -z "$log" || "$log" == /* ]] || log="$PWD/$log"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+config=""
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [[ "${args[i]}" != --config=* ]] || config="${args[i]#--config=}"
+  [[ "${args[i]}" != --config ]] || config="${args[i + 1]:-}"
+done
+# Before the environment is built and CUDA wheels are fetched: a mistyped recipe fails in a second.
+[[ -z "$config" || -f "${config%%:*}" ]] ||
+  fail "config file ${config%%:*} does not exist in $ROOT; pass a recipe of configs/, e.g. configs/simclr_cifar10.py"
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   echo "source launch/_venv.sh"
 else
   source launch/_venv.sh
 fi
+# Every config field, before CUDA wheels are fetched (the trainer checks them again).
+[[ "${DRY_RUN:-0}" == 1 ]] || python -m ssl_jax.main --check "${args[@]}" > /dev/null || exit 2
 jax_version="$(sed -n 's/^jax==//p' requirements.txt)"
 if [[ "${DRY_RUN:-0}" == 1 ]] || ! python -c "import jax; jax.devices('gpu')" >/dev/null 2>&1; then
   echo "# when jax sees no GPU:"

@@ -72,6 +72,15 @@ for ((i = 0; i + 1 < ${#args[@]}; i++)); do
   [[ "${args[i]}" == --config ]] && config="${args[i + 1]}"
 done
 [[ -n "$config" ]] || fail "no recipe: pass --config configs/NAME.py[:ARG]"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The workers run the recipe from the repository root: check it here, before a slice is created.
+[[ -f "$ROOT/${config%%:*}" ]] ||
+  fail "config file ${config%%:*} does not exist in $ROOT; pass a recipe of configs/, e.g. configs/simclr_cifar10.py"
+if [[ -x "$ROOT/.venv/bin/python" ]]; then  # recipe arguments and every --config field, when a local env exists
+  (cd "$ROOT" && .venv/bin/python -m ssl_jax.main --check "${args[@]}" > /dev/null) || exit 2
+else
+  echo "note: no $ROOT/.venv, so the config fields are checked only on the workers" >&2
+fi
 if [[ -z "$RUN_NAME" ]]; then
   RUN_NAME="$(basename "${config%%:*}" .py)"
   [[ "$config" != *:* ]] || RUN_NAME+="_${config#*:}"
@@ -87,7 +96,6 @@ if [[ -z "$RUNTIME_VERSION" ]]; then
   esac
 fi
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 where=(--zone="$ZONE")
 [[ -z "$PROJECT" ]] || where+=(--project="$PROJECT")
 tpu=(gcloud compute tpus tpu-vm)

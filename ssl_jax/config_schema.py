@@ -134,7 +134,8 @@ SCHEMA = {
         'head': _HEAD, 'predictor': _HEAD,
     },
     'data': {
-        'name': _choice(_datasets), 'data_dir': _STR, 'root': _STR, 'train_split': _STR, 'eval_split': _STR,
+        'name': _choice(_datasets), 'data_dir': _STR, 'download': _BOOL, 'root': _STR, 'train_split': _STR,
+        'eval_split': _STR,
         'image_size': _int(1), 'crop_scale': _pair(0.0, 1.0, lo_open=True),
         'crop_ratio': _pair(0.0, lo_open=True),
         'shuffle_buffer': _int(1), 'synthetic_examples': _int(1),

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from ssl_jax import methods
+from ssl_jax import methods, paths
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import inference_features
 
@@ -27,6 +27,8 @@ def _step_dir(path: pathlib.Path) -> pathlib.Path:
   """`<workdir>/checkpoints/<step>` for a workdir (its newest step), a checkpoints folder or a step folder."""
   if not path.exists():
     raise UserError(f'{path} does not exist; pass a workdir or a <workdir>/checkpoints/<step> directory')
+  if not path.is_dir():
+    raise UserError(f'{path} is a file; pass a workdir or a <workdir>/checkpoints/<step> directory')
   if (path / 'state').is_dir():
     return path
   folder = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
@@ -51,15 +53,16 @@ def read_checkpoint(path) -> tuple[ml_collections.ConfigDict, dict, pathlib.Path
   """Reads the config and the model state (params and batch stats only) of a checkpoint.
 
   Args:
-    path: a workdir (its newest checkpoint is used), its `checkpoints` folder, or one step directory.
+    path: a workdir (its newest checkpoint is used), its `checkpoints` folder, or one step directory;
+      relative (to the current directory), absolute or starting with `~`.
 
   Returns:
     (config, state, step_dir): state is {'params': nested dict, 'batch_stats': nested dict} of numpy arrays.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import, only needed here)
   from ssl_jax import checkpoint  # pylint: disable=g-import-not-at-top  (imports orbax)
-  step_dir = _step_dir(pathlib.Path(path))
-  if step_dir != pathlib.Path(path):  # given a workdir: its newest readable checkpoint, with a warning
+  step_dir = _step_dir(paths.user_path(path))
+  if step_dir != paths.user_path(path):  # given a workdir: its newest readable checkpoint, with a warning
     return checkpoint.read_newest(step_dir.parent, read_checkpoint)
   try:
     with warnings.catch_warnings():

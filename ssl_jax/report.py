@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display on training machines
 import matplotlib.pyplot as plt
 
+from ssl_jax import paths
 from ssl_jax.config_schema import flatten
 from ssl_jax.errors import UserError
 
@@ -164,19 +165,19 @@ def write_report(workdirs, out=None) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes `curves.png` and `report.md` comparing `workdirs` into `out`.
 
   Args:
-    workdirs: one or more run directories.
+    workdirs: one or more run directories (relative, absolute, `~`, or a checkpoint inside one).
     out: the output directory; the run's own directory for one run, `./report` for several, when None.
 
   Returns:
     (png path, markdown path).
   """
-  workdirs = [pathlib.Path(w) for w in workdirs]
+  workdirs = [paths.workdir_of(w) for w in workdirs]  # relative, `~`, or a run's checkpoint: its run
   missing = [str(w) for w in workdirs
              if not (w / 'metrics.jsonl').exists() and not (w / 'config.json').exists()]
   if not workdirs or missing:
     raise UserError(f'not a run directory (no metrics.jsonl or config.json): '
                     f'{", ".join(missing) or "none given"}; pass the --workdir of training runs')
-  out = pathlib.Path(out) if out else (workdirs[0] if len(workdirs) == 1 else pathlib.Path('report'))
+  out = paths.user_path(out) if out else (workdirs[0] if len(workdirs) == 1 else pathlib.Path('report'))
   out.mkdir(parents=True, exist_ok=True)
   # A different name from the trainer's per-run curves.png, so a one-run report does not overwrite it.
   png = plot_runs(workdirs, out / 'report_curves.png')

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import checkpoint, config_schema, data, methods, non_finite, optim, report, sharding, stages
+from ssl_jax import (checkpoint, config_schema, data, methods, non_finite, optim, paths, progress, report,
+                     sharding, stages)
 from ssl_jax.errors import Preempted, UserError
 from ssl_jax.evaluate import frozen, online_probe
 from ssl_jax.metrics import MetricWriter
@@ -208,9 +209,10 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
   """
   # Setup: every check that can fail on bad input runs before any compute or write.
   config_schema.validate(config)  # before jax.distributed starts: a bad value must not hold up the others
-  workdir = pathlib.Path(workdir)
+  workdir = paths.check_workdir(workdir)  # a file, or read-only: one line, before anything is written
   jax.config.update('jax_threefry_partitionable', True)  # random bits independent of the sharding
   sharding.maybe_initialize_distributed(config.distributed)
+  progress.enabled = jax.process_index() == 0
   mesh = sharding.make_mesh(devices)
   check_run(config, mesh)
   method = methods.get_method(config)
@@ -236,6 +238,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   source_for = functools.cache(lambda size: data.get_source(
       config.data, split=config.data.train_split, train=True, num_views=method.num_views(config),
       image_size=size))
+  progress.note(f'reading the data: {config.data.name} {config.data.train_split!r}')
   train_source = source_for(stages.image_sizes(config)[0])
   steps_per_epoch = train_source.steps_per_epoch(config.batch_size)
   run_plan = stages.plan(config, steps_per_epoch)
@@ -243,6 +246,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   in_channels = train_source.image_shape[-1] if train_source.image_shape else 3
 
   # Model, optimizer, method.
+  progress.note(f'building the model: {config.method}, {config.model.name}, {total_steps} steps')
   model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
   _check_resolution(model, config, stages.image_sizes(config))
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -265,7 +269,9 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   steps = {}
 
   def step_for(resolution):
-    if resolution not in steps:
+    if resolution not in steps:  # compiled on its first call: a stage switch pauses the run for it
+      stage = f' for the stage at {resolution} px' if steps else f' ({resolution} px)'
+      progress.note(f'compiling the training step{stage}; the first step waits for it')
       steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, total_steps,
                                           probe_tx, state_sharding, mesh)
     return steps[resolution]

@@ -288,11 +288,60 @@ def test_unknown_split_and_name(digits_dir):
 def test_missing_dataset_names_the_command(tmp_path):
   empty = str(tmp_path / 'empty')
   with pytest.raises(UserError, match='download_and_prepare') as info:
-    data.get_source(_cfg(name='cifar10', data_dir=empty), split='train', train=True)
+    data.get_source(_cfg(name='cifar10', data_dir=empty, download=False), split='train', train=True)
   message = str(info.value)
   assert 'cifar10' in message and empty in message and '\n' not in message
+  assert 'data.download=True' in message and ':runlocal,synthetic' in message
   with pytest.raises(UserError, match='downloads/manual'):
     data.get_source(_cfg(name='imagenet2012', data_dir=empty), split='train', train=True)
+
+
+def _local_cifar(fail_with=None):
+  """A stand-in for tfds' cifar10 builder that 'downloads' from memory: 40 train / 20 test 32x32 images, or
+  raises `fail_with` where the download would happen."""
+  import tensorflow_datasets as tfds
+
+  class LocalCifar(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = 'cifar10'
+    VERSION = tfds.core.Version('3.0.2')
+    code_path = None  # no checksums file next to this test
+    prepared_by = []
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(32, 32, 3)), 'label': tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      if fail_with:
+        raise fail_with
+      self.prepared_by.append(self.data_dir)
+      return {'train': self._generate_examples(40, 0), 'test': self._generate_examples(20, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {'image': rng.integers(0, 256, (32, 32, 3), np.uint8), 'label': i % 10}
+
+  return LocalCifar
+
+
+def test_a_missing_dataset_is_prepared_on_first_use(tmp_path, monkeypatch, capsys):
+  from ssl_jax.data import tfds_source
+  builder = _local_cifar()
+  monkeypatch.setattr(tfds_source.tfds, 'builder', lambda name, data_dir: builder(data_dir=data_dir))
+  src = data.get_source(_cfg(name='cifar10', data_dir=str(tmp_path)), split='train', train=True)
+  assert len(builder.prepared_by) == 1 and (src.num_examples, src.image_shape) == (40, (32, 32, 3))
+  assert next(src.train_batches(global_batch_size=8, seed=0))['image'].shape == (8, 32, 32, 3)
+  assert 'preparing cifar10/3.0.2' in capsys.readouterr().err
+  # Prepared once: the next source reads what is there.
+  assert data.get_source(_cfg(name='cifar10', data_dir=str(tmp_path)), split='test', train=False).num_examples == 20
+  assert len(builder.prepared_by) == 1 and 'preparing' not in capsys.readouterr().err
+  # Offline: one line naming the cause, the command and the synthetic variant.
+  offline = _local_cifar(fail_with=ConnectionError('no route to host\nmore'))
+  monkeypatch.setattr(tfds_source.tfds, 'builder', lambda name, data_dir: offline(data_dir=data_dir))
+  with pytest.raises(UserError, match=r'could not be prepared \(ConnectionError: no route to host\)') as info:
+    data.get_source(_cfg(name='cifar10', data_dir=str(tmp_path / 'offline')), split='train', train=True)
+  assert ':runlocal,synthetic' in str(info.value) and '\n' not in str(info.value)
 
 
 def test_cifar10_on_mock_data(tmp_path):

@@ -1,5 +1,6 @@
 """The offline linear evaluation and fine-tuning CLIs, on a tiny run pretrained on easy in-memory data."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from flax import nnx
 
 import ssl_jax
 from configs import simclr_cifar10
-from ssl_jax import data, train
+from ssl_jax import data, report, train
 from ssl_jax.encoder import build_from_checkpoint
 from ssl_jax.evaluate import finetune, linear
+
+import runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLASSES = 4
@@ -107,5 +110,40 @@ def test_finetune_writes_results(workdir):
 def test_cli_bad_input_is_one_line_and_exit_2(module, args, expected):
   proc = subprocess.run([sys.executable, '-m', f'ssl_jax.evaluate.{module}', *args], check=False, cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and expected in proc.stderr, proc.stderr[-2000:]
-  assert len(proc.stderr.strip().splitlines()) == 1
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and expected in lines[-1] and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert all(l.startswith('[') for l in lines[:-1]), proc.stderr  # progress lines before the error
+
+
+@pytest.fixture(scope='module')
+def home_run(tmp_path_factory):
+  """A synthetic run trained at '~/run' (HOME set to a temporary folder): data a subprocess can read too."""
+  home = tmp_path_factory.mktemp('home')
+  saved = os.environ.get('HOME')
+  os.environ['HOME'] = str(home)
+  try:
+    train.train_and_evaluate(runs.tiny_synthetic(), '~/run')
+  finally:
+    os.environ['HOME'] = saved
+  return home
+
+
+def test_relative_home_and_step_paths_everywhere(home_run, monkeypatch, tmp_path):
+  assert (home_run / 'run' / 'checkpoints' / '3').is_dir()  # the trainer expanded '~'
+  monkeypatch.chdir(home_run)
+  want = ssl_jax.load_encoder(home_run / 'run').embed(np.zeros((1, 16, 16, 3), np.uint8))
+  monkeypatch.setenv('HOME', str(home_run))
+  for path in ('run', './run/checkpoints', 'run/checkpoints/3', '~/run', '~/run/checkpoints/3'):
+    np.testing.assert_array_equal(ssl_jax.load_encoder(path).embed(np.zeros((1, 16, 16, 3), np.uint8)), want)
+  # The CLI, given a step directory under '~' from another directory: results.json goes to the run.
+  proc = subprocess.run([sys.executable, '-m', 'ssl_jax.evaluate.linear', '--workdir=~/run/checkpoints/3',
+                         '--config.epochs=2', '--config.embed_batch_size=64'], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(ROOT), 'XLA_FLAGS': ''})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'linear evaluation: epoch 2/2' in proc.stderr and ' I1' not in proc.stderr  # progress, no INFO logs
+  assert json.loads((home_run / 'run' / 'results.json').read_text())['linear_eval']['config']['epochs'] == 2
+  assert not (home_run / 'run' / 'checkpoints' / '3' / 'results.json').exists()
+  # The report, given relative paths and a checkpoint.
+  png, md = report.write_report(['run/checkpoints/3'], out='report')
+  rows = [l for l in md.read_text().splitlines() if l.startswith('| run |')]
+  assert md == home_run / 'report' / 'report.md' and len(rows) == 2  # the header and the run, named 'run'

@@ -122,3 +122,15 @@ def test_distributed_settings_are_checked_before_jax_distributed_starts(monkeypa
     monkeypatch.setenv(name, value)
   with pytest.raises(UserError, match=message):
     sharding.maybe_initialize_distributed(True)
+
+
+@pytest.mark.parametrize('script, args', [
+    ('launch/tpu_pod.sh', [*TPU, '--config', 'configs/nope.py']),
+    ('launch/tpu_pod.sh', [*TPU, '--config', 'configs/simclr_cifar10.py:runlocal=maybe']),
+    ('launch/gpu.sh', ['--config', 'configs/nope.py', '--workdir', 'w']),
+])
+def test_a_bad_recipe_is_refused_before_anything_is_created(script, args):
+  proc = _launch(script, *args)
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  assert proc.returncode == 2 and len(errors) == 1 and not proc.stdout, proc.stderr  # no gcloud, no pip
+  assert ('nope.py does not exist' in errors[0]) != ('runlocal=' in errors[0] and 'true or false' in errors[0])

@@ -19,6 +19,8 @@ Small data: `data.subset_num` = N keeps N random examples of `data.train_split`,
 keeps n random examples of every class (exclusive), chosen by `data.subset_seed` (`sources.subset_indices`),
 wherever the run reads its train split (training, the kNN bank, probes, fine-tuning); the eval split is whole.
 """
+import os
+import pathlib
 import zlib
 
 import numpy as np
@@ -96,7 +98,7 @@ def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1, image_s
   """The source of one split of `data_cfg.name`.
 
   Args:
-    data_cfg: the `config.data` ConfigDict (name, data_dir, root, image_size, crop_scale, crop_ratio,
+    data_cfg: the `config.data` ConfigDict (name, data_dir, download, root, image_size, crop_scale, crop_ratio,
       shuffle_buffer, synthetic_examples, synthetic_shape, synthetic_classes, subset_num, subset_per_class,
       subset_seed).
     split: split name, e.g. config.data.train_split.
@@ -129,13 +131,30 @@ def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1, image_s
   if name not in TFDS_NAMES:
     registered = sorted({n for n, _ in _MEMORY_DATASETS})
     raise UserError(f'dataset {name!r} is unknown; use one of {", ".join(DATASET_NAMES + tuple(registered))}')
+  if name == 'image_folder':
+    check_class_folders(data_cfg.root, split)
   from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (TensorFlow only from here)
   host_crop = None
   if name in VARIABLE_SIZE:
     host_crop = dict(size=int(image_size or data_cfg.image_size), scale=tuple(data_cfg.crop_scale),
                      ratio=tuple(data_cfg.crop_ratio), num_views=num_views if train else 1, mode=crop)
+  # Configs saved before data.download existed download too.
   return tfds_source.TfdsSource(name, split, data_dir=data_cfg.data_dir or None, root=data_cfg.root or None,
-                                host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer, subset=subset)
+                                host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer, subset=subset,
+                                download=bool(getattr(data_cfg, 'download', True)))
+
+
+def check_class_folders(root: str, split: str) -> None:
+  """Refuses an image_folder split with an empty class folder: it would still be a class (a label no example
+  has, in every classifier and kNN vote), which is almost always an unfinished copy."""
+  folder = pathlib.Path(os.path.expanduser(root or '.')) / split
+  if not folder.is_dir():
+    return  # the source names what is missing
+  empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not any(f.is_file() for f in d.rglob('*')))
+  if empty:
+    more = f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''
+    raise UserError(f'class folder {folder / empty[0]}{more} holds no image; add its images or remove the '
+                    'folder (an empty folder would still count as a class)')
 
 
 def image_stats(name: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

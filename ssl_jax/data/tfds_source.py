@@ -42,6 +42,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssl_jax import progress
 from ssl_jax.data import TFDS_NAMES, VARIABLE_SIZE, sources
 from ssl_jax.errors import UserError
 
@@ -61,12 +62,39 @@ def default_data_dir() -> str:
 @functools.cache
 def _tf():
   """TensorFlow, hidden from the GPUs before it can reserve their memory (JAX owns the accelerators)."""
+  progress.note('importing TensorFlow for the tf.data input pipeline')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:
     logging.warning('TensorFlow was initialised before ssl_jax could hide the GPUs from it')
   return tf
+
+
+def prepare_once(builder) -> None:
+  """Downloads and prepares `builder`'s dataset if it is not prepared yet: process 0 does it, the others wait.
+
+  Every process calls this at the same point (the trainer builds the same sources everywhere). With several
+  processes the data directory must be shared (a bucket, NFS), as for every tfds dataset they read.
+
+  Raises:
+    UserError: the download or the preparation failed (offline, a full disk, ...): its cause.
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (the process layout; jax is imported by every caller)
+  name = builder.info.full_name
+  if jax.process_index() == 0 and not builder.is_prepared():
+    progress.note(f'preparing {name} in {builder.data_dir} (once, on first use: download and conversion; '
+                  'tfds shows its progress)')
+    started = progress.elapsed()
+    try:
+      builder.download_and_prepare(file_format='tfrecord')
+    except Exception as e:  # noqa: BLE001  (network, disk and archive errors come in many types)
+      first = (str(e).strip().splitlines() or [''])[0][:200]
+      raise UserError(f'{type(e).__name__}: {first}') from None
+    progress.note(f'prepared {name} in {progress.duration(progress.elapsed() - started)}')
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'ssl_jax: {name} prepared')
 
 
 def imagenet100_wnids() -> list[str]:
@@ -85,8 +113,9 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, *, data_dir: str | None = None, root: str | None = None,
                host_crop: dict | None = None, shuffle_buffer: int = 50_000, threads: int = 2,
-               subset: dict | None = None):
-    """Opens the split; fails with a UserError when the dataset or the split is missing.
+               subset: dict | None = None, download: bool = True):
+    """Opens the split, preparing the dataset first if it is missing and `download` (module docstring); fails
+    with a UserError when it is missing and cannot be prepared, or the split does not exist.
 
     Args:
       name: one of ssl_jax.data.TFDS_NAMES.
@@ -99,6 +128,7 @@ class TfdsSource:
       threads: size of tf.data's private thread pool (the trainer and XLA need the other cores).
       subset: dict(seed, num=None, per_class=None): only these examples of the split
         (`sources.subset_indices`); None for all.
+      download: prepare a missing dataset that tfds can download (not ImageNet: manual download).
     """
     _tf()  # before tfds touches TensorFlow
     if name not in TFDS_NAMES:
@@ -108,6 +138,7 @@ class TfdsSource:
     self.name, self.split, self.host_crop = name, split, host_crop
     self.shuffle_buffer, self.threads = shuffle_buffer, threads
     self.data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+    self.download = download
     self._builder = self._open_builder(root)
     self._check_split()
     features = self._builder.info.features
@@ -143,18 +174,27 @@ class TfdsSource:
       return tfds.ImageFolder(os.path.expanduser(root))
     builder_name = _BUILDER_NAMES.get(self.name, self.name)
     try:
-      return tfds.builder(builder_name, data_dir=self.data_dir)
+      builder = tfds.builder(builder_name, data_dir=self.data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
       raise UserError(self._missing_message()) from e
+    if self.download and not getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+      try:
+        prepare_once(builder)
+      except UserError as e:
+        raise UserError(self._missing_message(f' and could not be prepared ({e})')) from None
+    return builder
 
-  def _missing_message(self) -> str:
+  def _missing_message(self, why: str = '') -> str:
     builder_name = _BUILDER_NAMES.get(self.name, self.name)
     command = (f'python -c "import tensorflow_datasets as tfds; tfds.builder(\'{builder_name}\', '
                f'data_dir=\'{self.data_dir}\').download_and_prepare()"')
     if builder_name == 'imagenet2012':
       return (f'dataset {self.name} not found in {self.data_dir}: put ILSVRC2012_img_train.tar and '
               f'ILSVRC2012_img_val.tar in {self.data_dir}/downloads/manual/ and run once: {command}')
-    return f'dataset {self.name} not found in {self.data_dir}; prepare it once with: {command}'
+    how = ('it is prepared on first use with data.download=True (the default), or once with: '
+           if not self.download else 'prepare it once (with internet access) with: ')
+    return (f'dataset {self.name} not found in {self.data_dir}{why}; {how}{command}; or try the recipe '
+            'without the data: its :synthetic variant, e.g. --config configs/simclr_cifar10.py:runlocal,synthetic')
 
   def _check_split(self):
     known = list(self._builder.info.splits)

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssl_jax import data, methods, sharding
+from ssl_jax import data, methods, paths, progress, sharding
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import linear
@@ -193,7 +193,8 @@ def _sources(run_config, cfg, size: int):
   return train, test
 
 
-def fine_tune(run_config, backbone, cfg, *, devices=None, update_frozen_stats: bool = False):
+def fine_tune(run_config, backbone, cfg, *, devices=None, update_frozen_stats: bool = False,
+              what: str = 'fine-tuning'):
   """Fine-tunes `backbone` (a pretrained method model) with a new head on the run's labelled data.
 
   Args:
@@ -203,6 +204,7 @@ def fine_tune(run_config, backbone, cfg, *, devices=None, update_frozen_stats: b
     devices: the devices of the mesh; all by default.
     update_frozen_stats: the frozen parts' BatchNorm running statistics follow the batches (PyTorch's
       train mode) instead of keeping their pretrained values.
+    what: names the phase in the progress lines.
 
   Returns:
     (scores, model): scores has 'top1', 'top5' (last epoch), 'best_top1', 'best_top5', 'best_epoch' and
@@ -223,11 +225,14 @@ def fine_tune(run_config, backbone, cfg, *, devices=None, update_frozen_stats: b
   step = _train_step(graphdef, tx, cfg, run_config, frozen_stats, size)
   batches = train.train_batches(global_batch_size=cfg.batch_size, seed=cfg.seed)
   key, history = jax.random.key(cfg.seed), []
+  progress.note(f'{what}: {cfg.epochs} epochs of {steps_per_epoch} steps at {size} px (compiling the step)')
+  epochs = progress.Progress(f'{what}: epoch', cfg.epochs, every=0)  # a line per epoch, with its scores
   for epoch in range(cfg.epochs):
     for i in range(steps_per_epoch):
       batch = sharding.global_batch(next(batches), mesh)
-      *state, _ = step(*state, batch, jax.random.fold_in(key, epoch * steps_per_epoch + i))
+      *state, loss = step(*state, batch, jax.random.fold_in(key, epoch * steps_per_epoch + i))
     history.append(_evaluate(graphdef, state[0], state[1], test, cfg, size, mesh))
+    epochs.update(epoch + 1, f'loss {float(loss):.4f} | top1 {history[-1]["top1"]:.4f}')
   best = max(range(len(history)), key=lambda i: history[i]['top1'])
   scores = {**history[-1], 'best_top1': history[best]['top1'], 'best_top5': history[best]['top5'],
             'best_epoch': best + 1, 'top1_per_epoch': [h['top1'] for h in history]}
@@ -304,7 +309,7 @@ def _warm_up(run_config, backbone, cfg, pretrained_stages: int):
   warm.update(epochs=cfg.warmup_epochs, lr=cfg.warmup_lr, schedule='constant', mixup_alpha=0.0,
               frozen_stages=pretrained_stages)
   scores, model = fine_tune(run_config, backbone, warm,
-                            update_frozen_stats=cfg.warmup_frozen_bn_stats == 'update')
+                            update_frozen_stats=cfg.warmup_frozen_bn_stats == 'update', what='conv5 warm-up')
   return scores, model.backbone  # its head is dropped: fine-tuning starts with a new one, as S3L's main.py
 
 
@@ -322,6 +327,7 @@ def evaluate_finetune(workdir, cfg=None) -> dict:
   from ssl_jax.encoder import build_from_checkpoint  # pylint: disable=g-import-not-at-top
   cfg = apply_preset(cfg or default_config())
   _check(cfg)
+  progress.note(f'fine-tuning {paths.user_path(workdir)}: loading the model')
   run_config, pretrained = build_from_checkpoint(workdir)
   pretrained_stages = len(pretrained.encoder.stages)
   config, backbone = transfer(run_config, pretrained, num_stages=cfg.num_stages,
@@ -337,7 +343,7 @@ def evaluate_finetune(workdir, cfg=None) -> dict:
              'config': json.loads(cfg.to_json())}
   if warmup is not None:
     results['warmup'] = warmup
-  linear.merge_results(workdir, 'finetune', results)
+  linear.merge_results(paths.workdir_of(workdir), 'finetune', results)
   return results
 
 

@@ -6,11 +6,12 @@ same scores are computed for the encoder's random initialisation, the baseline p
 """
 import functools
 import itertools
+import time
 
 from flax import nnx
 import jax
 
-from ssl_jax import data, sharding
+from ssl_jax import data, progress, sharding
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import exits, extract_features, inference_features, knn_accuracy, linear_probe_accuracy
 
@@ -36,8 +37,11 @@ class FrozenEncoderEval:
     apply = lambda images: (features or self._features)(params, batch_stats, images)
     batches = source.eval_batches(global_batch_size=self.config.eval.batch_size,
                                   process_index=jax.process_index(), process_count=jax.process_count())
+    count = data.sources.eval_batch_count(source.num_examples, self.config.eval.batch_size)
     if limit:  # the bank's memory and time are bounded by its size, not by the split's
-      batches = itertools.islice(batches, -(-limit // self.config.eval.batch_size))
+      count = min(count, -(-limit // self.config.eval.batch_size))
+      batches = itertools.islice(batches, count)
+    batches = progress.counted(batches, f'features of {source.name}: batch', count)  # a line every 30 s
     feats, labels = extract_features(apply, (sharding.global_batch(b, self.mesh) for b in batches))
     keep = labels >= 0  # unlabelled examples (label -1) cannot vote or be scored
     feats, labels = feats[keep], labels[keep]
@@ -86,8 +90,13 @@ class FrozenEncoderEval:
 
   def final(self, params, batch_stats) -> dict:
     """Scores of the trained encoder (each exit of a multi-exit one) and, if asked, of its random init."""
+    parts = 2 if self.config.eval.compare_random_init else 1
+    progress.note(f'final evaluation: kNN and linear probe of the trained encoder (part 1/{parts})')
+    started = time.perf_counter()
     results = {**self._scores(params, batch_stats), **self._exit_scores(params, batch_stats)}
     if self.config.eval.compare_random_init:
+      progress.note(f'final evaluation: the same for the random initialisation, the baseline (part 2/2) | ETA '
+                    f'{progress.duration(time.perf_counter() - started)}')
       # Rebuilding from the seed gives exactly the parameters this run started from.
       init = self.method.build_model(self.config, in_channels=self.in_channels, rngs=nnx.Rngs(self.config.seed))
       _, init_params, init_stats = nnx.split(init, nnx.Param, nnx.BatchStat)

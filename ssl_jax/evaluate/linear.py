@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssl_jax import data
+from ssl_jax import data, paths, progress
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import exits
@@ -100,8 +100,12 @@ def train_classifier(train_features, train_labels, test_feats, test_labels, *, n
     {'top1', 'top5' (last epoch), 'best_top1', 'best_top5', 'best_epoch' (1-based), 'top1_per_epoch'}.
   """
   _check_choice('optimizer', cfg.optimizer, OPTIMIZERS)
-  history = []
-  score = lambda params: history.append(topk_accuracy(linear_predict(params, test_feats), test_labels))
+  history, phase = [], progress.Progress('linear evaluation: epoch', cfg.epochs)
+
+  def score(params):
+    history.append(topk_accuracy(linear_predict(params, test_feats), test_labels))
+    phase.update(len(history), f'top1 {history[-1]["top1"]:.4f}')
+
   train_linear_probe(train_features, train_labels, num_classes=num_classes, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                      optimizer=cfg.optimizer, momentum=cfg.momentum, seed=cfg.seed, standardize=cfg.standardize,
@@ -120,7 +124,9 @@ def run_flip_prob(cfg, run_config) -> float:
 def _labelled_batches(encoder, split: str, batch_size: int):
   """(images uint8 (B, H, W, C), labels (B,)) of the labelled examples of `split`, in a fixed order."""
   source = data.get_source(encoder.config.data, split=split, train=False)
-  for batch in source.eval_batches(global_batch_size=batch_size):
+  count = data.sources.eval_batch_count(source.num_examples, batch_size)
+  batches = source.eval_batches(global_batch_size=batch_size)
+  for batch in progress.counted(batches, f'features of {split!r}: batch', count):
     keep = np.asarray(batch['mask'], bool) & (np.asarray(batch['label']) >= 0)
     if keep.any():
       yield np.asarray(batch['image'])[keep], np.asarray(batch['label'])[keep]
@@ -207,7 +213,8 @@ def evaluate_linear(workdir, cfg=None, *, encoder=None) -> dict:
   """Linear evaluation of the encoder of `workdir`; the results are merged into its results.json.
 
   Args:
-    workdir: a training run's workdir (its newest checkpoint is evaluated).
+    workdir: a training run's workdir (its newest checkpoint is evaluated) or one of its checkpoints/<step>
+      directories; relative, absolute or with `~`. results.json is written in the workdir.
     cfg: `default_config()` with any changes; the defaults when None.
     encoder: an already loaded `ssl_jax.load_encoder(workdir)` (it is only read, never changed).
 
@@ -219,6 +226,7 @@ def evaluate_linear(workdir, cfg=None, *, encoder=None) -> dict:
   from ssl_jax.encoder import load_encoder  # pylint: disable=g-import-not-at-top  (keeps flag errors fast)
   cfg = cfg or default_config()
   _check(cfg)
+  progress.note(f'linear evaluation of {paths.user_path(workdir)}: loading the encoder')
   encoder = encoder or load_encoder(workdir, batch_size=cfg.embed_batch_size)
   cfg = apply_preset(cfg, encoder.config)
   run_data = encoder.config.data
@@ -242,7 +250,7 @@ def evaluate_linear(workdir, cfg=None, *, encoder=None) -> dict:
     protocol += (f'; one classifier per exit ({", ".join(probe_data)}) and their ensemble (mean of the '
                  'logits), under `exits`; top1/top5 are the backbone\'s')
   results = {**scores, 'protocol': protocol, 'config': cfg.to_dict()}
-  merge_results(workdir, 'linear_eval', results)
+  merge_results(paths.workdir_of(workdir), 'linear_eval', results)
   return results
 
 
@@ -260,7 +268,9 @@ def run_cli(default, evaluate, key: str) -> None:
     config = config_flags.DEFINE_config_dict('config', default(), 'Evaluation settings.')
   except bad_flag as e:
     fail(f'unknown --config field {str(e).strip().splitlines()[-1]}; the fields are {", ".join(default())}')
-  workdir = flags.DEFINE_string('workdir', None, 'The training run to evaluate.')
+  workdir = flags.DEFINE_string('workdir', None, 'The training run to evaluate: its workdir (the newest '
+                                'checkpoint) or one of its checkpoints/<step> directories.')
+  verbose = flags.DEFINE_bool('verbose', False, 'Show the INFO logs of TensorFlow, tfds and orbax.')
 
   def parse(argv):
     try:
@@ -270,6 +280,7 @@ def run_cli(default, evaluate, key: str) -> None:
 
   def main(argv):
     del argv
+    progress.set_verbosity(verbose.value)
     if not workdir.value:
       fail('--workdir is required: the directory of a training run')
     try:
