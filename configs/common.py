@@ -91,7 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
   # form, two views and no labels; ssl_jax/losses.py nt_xent_log_of_mean). chunk_size: 0 builds the whole
   # N x N logit matrix of the contrastive losses at once; C > 0 runs C anchors at a time with the chunk's
   # logits recomputed in the backward pass: same loss and gradients, memory O(N·C) (very large batches).
-  c.loss = ml_collections.ConfigDict(dict(temperature=0.2, reduction='mean_of_log', chunk_size=0))
+  # supcon_form: 'out' (SupCon's L_out: mean over positives of -log p) or 'in' (-log of the positives' summed
+  # p: solo-learn's supcon). no_positive: an anchor without positives is left out of the mean ('exclude':
+  # SelfCon's code) or counts as 0 over all anchors ('zero': SupContrast's). ssl_jax/losses.py contrastive_loss.
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.2, reduction='mean_of_log', chunk_size=0,
+                                          supcon_form='out', no_positive='exclude'))
 
   # Representation mixing (method 'repmix', Sharma et al., BDA 2024; ssl_jax/methods/repmix.py): projections
   # mixed as λ·g(f(clean)) + (1 - λ)·g(f(augmented)); λ = mix_weight (0.5: the paper's plain sum, up to a

@@ -5,14 +5,15 @@ Command (prepare the data as in configs/simclr_cifar10.py):
 
 Recipe (solo-learn's scripts/pretrain/cifar/mocov2plus.yaml): batch 256, SGD lr 0.3 (linear scaling), wd 1e-4,
 10 warm-up epochs then cosine, 1000 epochs; projector 512-2048-256 without BN; queue K 32768, τ 0.2; key
-encoder momentum from 0.99 to 0.999 on a cosine; symmetric views with blur p=0.5. Two differences from
-solo-learn, both switches: MoCo v2's asymmetric loss (solo-learn symmetrises it), and MoCo's shuffle-BN
-(ghost BatchNorm groups of 32 = MoCo's per-GPU batch, key batch permuted; solo-learn uses synchronised BN:
---config.model.bn_group_size=0 --config.moco.shuffle_bn=False).
-Expected: no CIFAR figure for MoCo v2+ in our reference notes (solo-learn reports 79.28% offline linear on
-ImageNet-100 with ResNet-18, 400 epochs); not measured with ssl_jax yet.
-Hardware/runtime: meant for an accelerator; a step costs about 1.3x a SimCLR step (the key encoder's forward
-pass). Use `:runlocal` on a CPU.
+encoder momentum from 0.99 to 0.999 on a cosine; symmetric views with blur p=0.5; solo-learn's symmetric
+loss (`moco.symmetric`: q1·k2 against a queue of past view-2 keys plus q2·k1 against a queue of past view-1
+keys, halved; `--config.moco.symmetric=False` is MoCo v2's one-direction loss). One difference from
+solo-learn, a switch: MoCo's shuffle-BN (ghost BatchNorm groups of 32 = MoCo's per-GPU batch, key batch
+permuted; solo-learn uses synchronised BN: --config.model.bn_group_size=0 --config.moco.shuffle_bn=False).
+Expected: about 92.9% linear top-1 on CIFAR-10 (solo-learn's published 92.94% for MoCo v2+, ResNet-18, 1000
+epochs, with synchronised BN); not measured with ssl_jax yet.
+Hardware/runtime: meant for an accelerator; a step is about a SimCLR step (both views through the online
+encoder) plus two forward passes of the key encoder (not measured). Use `:runlocal` on a CPU.
 
 Arguments (comma-separated): runlocal, synthetic, dataset=cifar10|cifar100 (as configs/byol_cifar10.py).
 """
@@ -38,7 +39,7 @@ def get_config(arg=None):
   c.model.head = ml_collections.ConfigDict(dict(
       num_layers=2, hidden_dim=2048, out_dim=256, use_bn=False, last_bn=False, activation='relu'))
   c.ema = ml_collections.ConfigDict(dict(schedule='cosine', base=0.99, final=0.999))
-  c.moco = ml_collections.ConfigDict(dict(queue_size=32768, shuffle_bn=True))
+  c.moco = ml_collections.ConfigDict(dict(queue_size=32768, shuffle_bn=True, symmetric=True))
   c.loss.temperature = 0.2
 
   c.data.name = arg.dataset

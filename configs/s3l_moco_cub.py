@@ -14,10 +14,12 @@ Recipe (S3L's moco/pretrain_cub.sh; reference/s3l.md): ResNet-50 (ImageNet stem;
 stage removed, `model.num_stages=3`), pretrained on CUB's 5,994 train images only; random-resized crops of
 scale (0.2, 1) cut from the full image on the host at each stage's resolution; batch 128, SGD lr 0.03 (not
 scaled), momentum 0.9, wd 1e-4 on every parameter, cosine to 0 without warm-up (per step here, per epoch in
-S3L), 200 epochs (46 steps each); InfoNCE τ 0.2, queue K 4096, key momentum 0.999 (constant), projector
-2048-2048-128 without BN; MoCo v2's augmentation (blur p 0.5, σ in [0.1, 2] px, not rescaled at low
-resolution, as S3L's code; the kernel is wide enough for σ = 2 at 56 px); shuffle-BN as ghost BatchNorm
-groups of 32 (S3L's 32 images per GPU) with the key batch permuted.
+S3L), 200 epochs (46 steps each); InfoNCE τ 0.2 (MoCo v2's asymmetric loss), queue K 4096, key momentum
+0.999 (constant), projector d-d-128 without BN, d the encoder's output width (2048; 1024 for arch=no_conv5:
+MoCo's builder sizes the hidden layer by the encoder; `model.head.hidden_dim=0`, set it to fix the width);
+MoCo v2's augmentation (blur p 0.5, σ in [0.1, 2] px, not rescaled at low resolution, as S3L's code; the
+kernel is wide enough for σ = 2 at 56 px); shuffle-BN as ghost BatchNorm groups of 32 (S3L's 32 images per
+GPU) with the key batch permuted.
 Multi-stage (res=AtoB[toC]): `epochs` at the first size, then `later_epochs` at each next one, every later
 stage starting from the previous model, queue and key encoder with a fresh SGD state and a fresh cosine from
 lr 0.03 (S3L's --pretrained: its momentum is not restored). The length of the later stages is our reading:
@@ -121,9 +123,9 @@ def get_config(arg=None):
   c.eval_every_steps = 0
   c.model.bn_group_size = 32            # S3L's 32 images per GPU; shuffle-BN below
   c.model.head = ml_collections.ConfigDict(dict(
-      num_layers=2, hidden_dim=2048, out_dim=128, use_bn=False, last_bn=False, activation='relu'))
+      num_layers=2, hidden_dim=0, out_dim=128, use_bn=False, last_bn=False, activation='relu'))  # 0: d
   c.ema = ml_collections.ConfigDict(dict(schedule='constant', base=0.999, final=1.0))
-  c.moco = ml_collections.ConfigDict(dict(queue_size=4096, shuffle_bn=True))
+  c.moco = ml_collections.ConfigDict(dict(queue_size=4096, shuffle_bn=True, symmetric=False))
   c.loss.temperature = 0.2
   c.optimizer.base_lr = 0.03
   apply_s3l(c, arg)

@@ -6,8 +6,10 @@ Command (prepare CUB as in configs/s3l_moco_cub.py):
 
 Recipe: ResNet-50 (ImageNet stem), CUB train split only, batch 512, SGD momentum 0.9, lr 0.5 with 10 warm-up
 epochs then cosine to 0 (S3L warms up from 0.01 and steps the cosine per epoch; per step here), wd 1e-4 on
-every parameter, 200 epochs (11 steps each); NT-Xent with τ 0.1, projector 2048-2048-128 without BN; MoCo v2's
-views on both branches (as configs/s3l_moco_cub.py). Two details of S3L's code (SupContrast's loss), kept:
+every parameter, 200 epochs (11 steps each); NT-Xent with τ 0.1, projector d-d-128 without BN with d the
+encoder's width (2048; 1024 for arch=no_conv5: S3L's SimCLR builder, like MoCo's, sizes the hidden layer by
+the encoder; `model.head.hidden_dim=0`); MoCo v2's views on both branches (as configs/s3l_moco_cub.py).
+Two details of S3L's code (SupContrast's loss), kept:
   * the loss is scaled by τ / base_τ = 0.1 / 0.07. For SGD with momentum and weight decay added to the
     gradient that is exactly lr × 1/0.7 and wd × 0.7, which is how it is written here (lr 0.714, wd 7e-5);
   * BatchNorm per GPU (4 GPUs of 128 images, both views in one pass): ghost groups of 256 rows.
@@ -39,7 +41,7 @@ def get_config(arg=None):
   c.eval_every_steps = 0
   c.model.bn_group_size = 256           # per GPU: 128 images x 2 views
   c.model.head = ml_collections.ConfigDict(dict(
-      num_layers=2, hidden_dim=2048, out_dim=128, use_bn=False, last_bn=False, activation='relu'))
+      num_layers=2, hidden_dim=0, out_dim=128, use_bn=False, last_bn=False, activation='relu'))  # 0: d
   c.loss.temperature = 0.1
   s3l_moco_cub.apply_s3l(c, arg)
   c.optimizer.base_lr = 0.5 * _LOSS_SCALE

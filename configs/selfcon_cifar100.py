@@ -4,9 +4,12 @@ The official scripts/selfcon_represent.sh: an `fc` sub-network after stage 2, on
 batch 1024, SGD (momentum 0.9, weight decay 1e-4 on every parameter) at lr 0.5, 10 warm-up epochs then
 cosine to lr·1e-3, τ 0.1 with the official τ/0.07 loss scaling, 1000 epochs; heads 512-512-128 without BN;
 crops of scale 0.2-1, flip, colour jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, no blur.
-The official run used 8 GPUs with DataParallel, i.e. BatchNorm over per-GPU chunks of 128 images per view;
-here that is ghost BatchNorm over groups of 128 rows per view (`model.bn_group_size`), and bfloat16 compute
-stands in for its fp16 AMP (`--config.model.dtype=float32` for full precision).
+The official run used 8 GPUs with DataParallel, which splits its view-major batch (all first views, then
+all second views) into 8 chunks: each GPU's BatchNorm sees 128 images of one view (SelfCon, SupCon-S) or 256
+images of one view (two-view variants). Here that is ghost BatchNorm over groups of 128 x views rows
+(`model.bn_group_size`) taken in view-major order (`selfcon.view_major_bn=True`; False groups whole
+examples, both views together), and bfloat16 compute stands in for its fp16 AMP
+(`--config.model.dtype=float32` for full precision).
 Differences from the official schedule: warm-up starts at 0 (official 0.01) and the cosine is per step over
 the steps after warm-up (official: per epoch over all epochs, the warm-up ending on the cosine's value).
 
@@ -34,7 +37,7 @@ Arguments (comma-separated):
   synthetic   random images instead of CIFAR: the throughput benchmark, no data needed.
 Switches: --config.selfcon.sub_net=fc|small|same, --config.selfcon.exit_stage=1|2|3,
 --config.selfcon.alpha=A (the "*" variants), --config.selfcon.official_temperature_scaling=False,
---config.selfcon.mu_other_view_positive=True.
+--config.selfcon.mu_other_view_positive=True, --config.selfcon.view_major_bn=False.
 """
 import ml_collections
 
@@ -50,7 +53,7 @@ def selfcon_block(variant: str, *, sub_net: str) -> ml_collections.ConfigDict:
     raise ValueError(f'variant={variant!r}: use one of {", ".join(selfcon.VARIANTS)}')
   return ml_collections.ConfigDict(dict(
       variant=variant, exit_stage=2, sub_net=sub_net, alpha=0.0, official_temperature_scaling=True,
-      mu_other_view_positive=False))
+      mu_other_view_positive=False, view_major_bn=True))
 
 
 def get_config(arg=None):
@@ -71,7 +74,7 @@ def get_config(arg=None):
   c.model.name = 'resnet18'
   c.model.stem = 'cifar'
   c.model.dtype = 'bfloat16'
-  c.model.bn_group_size = 128 * views   # the official per-GPU BatchNorm: 8 GPUs, 128 images per view each
+  c.model.bn_group_size = 128 * views   # the official per-GPU BatchNorm: 1024 x views rows over 8 GPUs
   c.model.head = ml_collections.ConfigDict(dict(
       num_layers=2, hidden_dim=0, out_dim=128, use_bn=False, last_bn=False, activation='relu'))  # 0: d
 

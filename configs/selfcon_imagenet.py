@@ -5,7 +5,8 @@ The official scripts/selfcon_represent_imagenet.sh: ResNet-34 (ImageNet stem), a
 weight decay 1e-4 on every parameter) at lr 0.25, 10 warm-up epochs then cosine to lr·1e-3, τ 0.1 with the
 official τ/0.07 loss scaling, 800 epochs, fp16 AMP (bfloat16 here); heads 512-512-128 without BN;
 augmentation as configs/selfcon_cifar100.py (crops of scale 0.2-1 on the host). BatchNorm in ghost groups
-of 256 rows per view: the official 8-GPU DataParallel chunks.
+of 256 x views rows in view-major order (`selfcon.view_major_bn`): the official 8-GPU DataParallel chunks,
+each of one view.
 
 Commands (a GPU/TPU host with ImageNet prepared for tfds, see the README's Data section):
   python -m ssl_jax.main --config configs/selfcon_imagenet.py --workdir /tmp/selfcon_in

@@ -161,7 +161,9 @@ SCHEMA = {
         'cosine_t_max_steps': _int(0),
     },
     'loss': {'temperature': _float(0.0, lo_open=True),
-             'reduction': _choice(_from('ssl_jax.methods.common', 'LOSS_REDUCTIONS')), 'chunk_size': _int(0)},
+             'reduction': _choice(_from('ssl_jax.methods.common', 'LOSS_REDUCTIONS')), 'chunk_size': _int(0),
+             'supcon_form': _choice(_from('ssl_jax.losses', 'SUPCON_FORMS')),
+             'no_positive': _choice(_from('ssl_jax.losses', 'NO_POSITIVE_RULES'))},
     'repmix': {'mix_weight': _prob(), 'mix_beta_alpha': _float(0.0)},
     'rotation': {'enabled': _BOOL, 'weight': _float(0.0), 'hidden_dim': _int(0),
                  'num_angles': Spec(int, choices=_from('ssl_jax.methods.rotation', 'ANGLE_SETS')),
@@ -183,11 +185,12 @@ SCHEMA = {
         'compare_random_init': _BOOL,
     },
     'ema': {'schedule': _choice(('cosine', 'constant')), 'base': _prob(), 'final': _prob()},
-    'moco': {'queue_size': _int(1), 'shuffle_bn': _BOOL},
+    'moco': {'queue_size': _int(1), 'shuffle_bn': _BOOL, 'symmetric': _BOOL},
     'selfcon': {
         'variant': _choice(_from('ssl_jax.methods.selfcon', 'VARIANTS')),
         'sub_net': _choice(_from('ssl_jax.methods.selfcon', 'SUB_NETS')), 'alpha': _float(0.0),
         'exit_stage': _int(1), 'official_temperature_scaling': _BOOL, 'mu_other_view_positive': _BOOL,
+        'view_major_bn': _BOOL,
     },
 }
 

@@ -346,7 +346,7 @@ def sinkhorn_knopp(scores: jax.Array, *, epsilon: float, num_iters: int) -> jax.
     (N, K) float32 codes; every row sums to 1 and, before that rescaling, every prototype gets mass 1/K.
   """
   logits = jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon
-  # The global maximum cancels in the first normalisation; subtracting it keeps exp finite for any ε.
+  # The global maximum cancels in the first normalisation; subtracting it keeps exp from overflowing.
   q = jnp.exp(logits - jnp.max(logits)).T
   q = q / jnp.sum(q)
   k, n = q.shape

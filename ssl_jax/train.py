@@ -26,6 +26,7 @@ from ssl_jax import (checkpoint, config_schema, data, methods, non_finite, optim
                      sharding, stages)
 from ssl_jax.errors import Preempted, UserError
 from ssl_jax.evaluate import frozen, online_probe
+from ssl_jax.methods.common import CollapseMonitor
 from ssl_jax.metrics import MetricWriter
 from ssl_jax.workdir_lock import WorkdirLock
 
@@ -138,10 +139,12 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, tot
   return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
 
 
-def _log(pending: list, writer: MetricWriter, image_size: int, data_metrics: dict) -> None:
+def _log(pending: list, writer: MetricWriter, image_size: int, data_metrics: dict,
+         collapse: CollapseMonitor) -> None:
   """Writes the mean of the buffered metrics (lr and image size of the last step) and empties the buffer.
 
-  Steps skipped for a non-finite loss (on_nan='skip_step') are counted, not averaged.
+  Steps skipped for a non-finite loss (on_nan='skip_step') are counted, not averaged. `collapse` warns (once)
+  when the means say the projections have collapsed.
   """
   fetched = [m for _, m in pending]
   kept = [m for m in fetched if not m.get('nan_skipped') and np.isfinite(m['loss'])] or fetched
@@ -150,6 +153,9 @@ def _log(pending: list, writer: MetricWriter, image_size: int, data_metrics: dic
     mean['nan_skipped_steps'] = float(sum(m['nan_skipped'] for m in fetched))
   mean.update(lr=float(fetched[-1]['lr']), image_size=image_size, **data_metrics)
   writer.write(pending[-1][0], mean)
+  warning = collapse.update(mean)
+  if warning:
+    logging.warning('Step %d: %s', pending[-1][0], warning)
   pending.clear()
 
 
@@ -163,6 +169,7 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
   guard.prepare(state)
   preemption = _Preemption()
   pending = []
+  collapse = CollapseMonitor(config.model.head.out_dim)
   try:
     for step in range(int(state.step), total_steps):
       batch = sharding.global_batch(next(batches), mesh)
@@ -177,7 +184,7 @@ def _loop(config, state, step_for, resolution_at, batches, mesh, ckpt, writer, e
         if rolled_back is not None:  # the checkpoint's state, moved on to this step; nothing to log
           state, logging_now = rolled_back, False
       if logging_now:
-        _log(pending, writer, image_size=resolution_at(step), data_metrics=data_metrics)
+        _log(pending, writer, image_size=resolution_at(step), data_metrics=data_metrics, collapse=collapse)
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
         writer.write(done, evaluator.knn(state.params, state.batch_stats), console=False)
       if saving:

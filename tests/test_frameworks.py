@@ -62,6 +62,59 @@ def test_moco_logits_and_loss_match_numpy():
   assert not np.any(grad_k) and not np.any(grad_queue)
 
 
+def _numpy_infonce(q, k, queue, temperature):
+  qn, kn = _normalized(q), _normalized(k)
+  logits = np.concatenate([np.sum(qn * kn, 1, keepdims=True), qn @ queue.T], axis=1) / temperature
+  logits = logits - logits.max(1, keepdims=True)
+  return np.mean(np.log(np.exp(logits).sum(1)) - logits[:, 0])
+
+
+def test_moco_symmetric_loss_matches_numpy():
+  # solo-learn's MoCo v2+: (L(q1, k2, queue of view-2 keys) + L(q2, k1, queue of view-1 keys)) / 2.
+  rng = np.random.default_rng(2)
+  q, k = rng.normal(size=(2, 4, 2, 8))
+  queue1, queue2 = _normalized(rng.normal(size=(2, 12, 8)))
+  expected = (_numpy_infonce(q[:, 0], k[:, 1], queue2, 0.2) + _numpy_infonce(q[:, 1], k[:, 0], queue1, 0.2)) / 2
+  args = [jnp.asarray(a, jnp.float32) for a in (q, k, queue1, queue2)]
+  np.testing.assert_allclose(losses.moco_symmetric_infonce(*args, temperature=0.2), expected, rtol=1e-5)
+  swapped = losses.moco_symmetric_infonce(*args[:2], args[3], args[2], temperature=0.2)
+  assert not np.isclose(float(swapped), expected, rtol=1e-3)  # each direction reads its own queue
+
+
+def test_moco_symmetric_step_enqueues_the_keys_of_each_view_in_its_own_queue():
+  c = runs.tiny_synthetic(moco_cifar10.get_config)
+  assert c.moco.symmetric  # solo-learn's recipe
+  c.model.num_stages, c.model.bn_group_size, c.moco.shuffle_bn = 1, 0, False  # keys independent of order
+  model = moco.build_model(c, in_channels=3, rngs=nnx.Rngs(0))
+  extra = moco.init_extra(model, c)
+  c.moco.symmetric = False
+  assert 'queue_view1' not in moco.init_extra(model, c)  # MoCo v2's one direction: one queue
+  c.moco.symmetric = True
+  ctx = methods.StepContext(config=c, resolution=16, step=jnp.int32(1), total_steps=3, extra=extra)
+  batch = {'image': jax.random.randint(jax.random.key(0), (16, 16, 16, 3), 0, 256).astype(jnp.uint8)}
+  views = moco.make_views(jax.random.key(1), batch, ctx)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def step_and_reference(state):
+    """The step, and each view's queries and keys computed on their own (fresh copies of the model)."""
+    loss, (_, new, _) = moco.loss_fn(nnx.merge(graphdef, state), views, batch, jax.random.key(1), ctx)
+    online = lambda: nnx.merge(graphdef, jax.tree.map(lambda x: x, state)).online
+    q = jnp.stack([online()(views[:, v], train=True) for v in (0, 1)], axis=1)
+    k = [losses.l2_normalize(_momentum.run_target(online(), extra['target'], views[:, v])[0]) for v in (0, 1)]
+    return loss, new, q, k
+
+  loss, new, q, (k1, k2) = step_and_reference(state)
+  np.testing.assert_allclose(new['queue'][:16], k2, atol=1e-5)
+  np.testing.assert_array_equal(new['queue'][16:], extra['queue'][16:])
+  assert int(new['queue_ptr']) == 16
+  np.testing.assert_allclose(new['queue_view1'][:16], k1, atol=1e-5)
+  np.testing.assert_array_equal(new['queue_view1'][16:], extra['queue_view1'][16:])
+  expected = losses.moco_symmetric_infonce(q, jnp.stack([k1, k2], axis=1), extra['queue_view1'],
+                                           extra['queue'], temperature=c.loss.temperature)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------- EMA target
 def test_ema_rate_schedules():
   cosine = _momentum.ema_rate
@@ -71,9 +124,10 @@ def test_ema_rate_schedules():
   np.testing.assert_allclose(cosine(cfg, k, 100), 1 - 0.01 * (np.cos(np.pi * k / 100) + 1) / 2, rtol=1e-6)
   cfg.schedule = 'constant'
   assert float(cosine(cfg, 77, 100)) == np.float32(0.99)
-  cfg.schedule = 'linear'
-  with pytest.raises(UserError, match='ema.schedule'):
-    _momentum.check_ema(cfg)
+  config = byol_cifar10.get_config()
+  config.ema.base, config.ema.final = 0.999, 0.99
+  with pytest.raises(UserError, match='ema.base=0.999, ema.final=0.99'):
+    methods.get_method(config)
 
 
 @pytest.fixture(scope='module')

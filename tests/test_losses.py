@@ -145,6 +145,21 @@ def test_l_in_is_never_above_l_out_and_rules_differ_by_the_share_of_anchors_with
                              value(form='in'), rtol=1e-6)
 
 
+def test_supcon_recipe_is_solo_learns_and_its_loss_block_reaches_the_loss():
+  from configs import supcon_cifar10
+  from ssl_jax.methods import common
+  c = supcon_cifar10.get_config()
+  assert (c.loss.supcon_form, c.loss.temperature, c.optimizer.weight_decay, c.optimizer.base_lr) == (
+      'in', 0.2, 1e-5, 0.4)
+  assert not c.model.head.use_bn and c.model.head.out_dim == 256
+  labels = np.array([0, 0, 1, 2, 2, 2, 3, 4])
+  x = _features(29, 8, 1, 8)
+  for form, rule in (('in', 'exclude'), ('out', 'zero')):
+    c.loss.supcon_form, c.loss.no_positive = form, rule
+    got = common.contrastive_objective(jnp.asarray(x), jnp.asarray(labels), c.loss)
+    np.testing.assert_allclose(float(got), _reference(x, labels, 0.2, form, rule), rtol=1e-5)
+
+
 def test_unknown_form_or_rule_is_a_value_error():
   x = jnp.asarray(_features(0, 4, 2, 8))
   with pytest.raises(ValueError, match='form'):

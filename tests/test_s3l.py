@@ -261,6 +261,20 @@ def test_recipes_hold_s3ls_settings(module, method, lr, epochs):
     module.get_config('res=300')
 
 
+@pytest.mark.parametrize('module, arch, hidden, width', [
+    (s3l_moco_cub, 'full', 0, 2048), (s3l_moco_cub, 'no_conv5', 0, 1024), (s3l_moco_cub, 'no_conv5', 512, 512),
+    (s3l_simclr_cub, 'no_conv5', 0, 1024)])
+def test_projector_hidden_width_follows_the_encoder_unless_set(module, arch, hidden, width):
+  # S3L's MoCo and SimCLR builders: Linear(dim_mlp, dim_mlp), dim_mlp the encoder's output width.
+  c = module.get_config(f'arch={arch}')
+  c.model.head.hidden_dim = hidden or c.model.head.hidden_dim
+  model = nnx.eval_shape(lambda: methods.get_method(c).build_model(c, in_channels=3, rngs=nnx.Rngs(0)))
+  projector = model.online.projector if module is s3l_moco_cub else model.projector
+  encoder_width = 2048 if arch == 'full' else 1024
+  assert projector.hidden[0].kernel.shape == (encoder_width, width)
+  assert projector.out.kernel.shape == (width, 128)
+
+
 # ----------------------------------------------------------------------------------------------- trainer
 def _runlocal():
   c = s3l_moco_cub.get_config('runlocal,res=56to112,arch=no_conv5')

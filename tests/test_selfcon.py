@@ -10,11 +10,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import selfcon_cifar100, selfcon_imagenet
-from ssl_jax import benchmark, losses, train
+from ssl_jax import benchmark, config_schema, losses, methods, train
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import exits, linear
 from ssl_jax.evaluate.linear_probe import linear_predict, topk_accuracy, train_linear_probe
-from ssl_jax.methods import selfcon
+from ssl_jax.methods import common, selfcon
 
 import runs
 
@@ -178,6 +178,13 @@ def test_exit_ensemble_is_the_mean_of_the_exit_probes():
   assert final_only['ensemble']['top1'] == scores['ensemble']['top1']
 
 
+def _check_and_build(c):
+  """The trainer's order: the schema, the method's checks, then the model (shapes only)."""
+  config_schema.validate(c)
+  method = methods.get_method(c)
+  nnx.eval_shape(lambda: method.build_model(c, in_channels=3, rngs=nnx.Rngs(0)))
+
+
 @pytest.mark.parametrize('field, value, match', [
     ('variant', 'simclr', 'selfcon.variant'), ('sub_net', 'large', 'selfcon.sub_net'),
     ('exit_stage', 4, 'selfcon.exit_stage'), ('exit_stage', 0, 'selfcon.exit_stage'),
@@ -186,17 +193,17 @@ def test_bad_config_values_are_user_errors(field, value, match):
   c = selfcon_cifar100.get_config('runlocal')
   c.selfcon[field] = value
   with pytest.raises(UserError, match=match):
-    selfcon.build_model(c, in_channels=3, rngs=nnx.Rngs(0))
+    _check_and_build(c)
 
 
 def test_bad_combinations_and_missing_block_are_user_errors():
   c = selfcon_cifar100.get_config('runlocal,variant=supcon')
   c.selfcon.alpha = 0.5
   with pytest.raises(UserError, match='alpha'):
-    selfcon.build_model(c, in_channels=3, rngs=nnx.Rngs(0))
+    _check_and_build(c)
   del c['selfcon']
   with pytest.raises(UserError, match='`selfcon`'):
-    selfcon.num_views(c)
+    methods.get_method(c)
 
 
 def test_recipes_build_every_variant():
@@ -214,11 +221,51 @@ def test_recipes_build_every_variant():
   assert (full.model.name, full.selfcon.sub_net, full.batch_size) == ('resnet34', 'same', 2048)
 
 
+def test_view_major_bn_groups_hold_one_view_on_any_number_of_devices():
+  # The official nn.DataParallel splits the view-major batch: each GPU's BatchNorm sees one view only.
+  c = selfcon_cifar100.get_config('runlocal,variant=selfcon_m')
+  assert c.selfcon.view_major_bn and c.model.bn_group_size == c.batch_size == 16
+  c.model.num_stages, c.selfcon.exit_stage = 2, 1
+  graphdef, state = nnx.split(selfcon.build_model(c, in_channels=3, rngs=nnx.Rngs(0)))
+  views = jax.random.uniform(jax.random.key(0), (16, 2, 16, 16, 3))  # 16 examples: one group per view
+
+  @jax.jit
+  def projections(views):
+    model = lambda: nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
+    one_view_at_a_time = jnp.stack([model()(views[:, v], train=True)[0] for v in (0, 1)], axis=1)
+    return (selfcon.project(model(), views, view_major=True)[0],
+            selfcon.project(model(), views, view_major=False)[0], one_view_at_a_time)
+
+  view_major, example_major, separate = projections(views)
+  np.testing.assert_allclose(view_major, separate, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(example_major, separate, atol=1e-3)  # groups of 8 examples x 2 views
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.device_put(views, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
+  np.testing.assert_allclose(projections(sharded)[0], view_major, rtol=1e-5, atol=1e-5)
+
+
+def test_collapse_warning_is_logged_once_after_three_collapsed_logs(caplog):
+  # z_std 0.02 with 64-dim projections (0.16 x 1/sqrt(64)): SelfCon's collapsed digits run before last_bn.
+  collapsed = {'loss': 8.91, 'lr': 0.3, 'z_std': 0.02, 'pos_cosine': 0.98}
+  healthy = {'loss': 5.0, 'lr': 0.3, 'z_std': 0.11, 'pos_cosine': 0.98}  # pos_cosine near 1 alone is fine
+  logged = []
+  writer = type('Writer', (), {'write': lambda self, step, metrics: logged.append(step)})()
+  monitor = common.CollapseMonitor(64)
+  sequence = [collapsed, collapsed, healthy] + [collapsed] * 6  # the healthy log restarts the count
+  for step, metrics in enumerate(sequence, 1):
+    train._log([(step, metrics)], writer, image_size=24, data_metrics={}, collapse=monitor)
+  warnings = [r.getMessage() for r in caplog.records if 'collapsed' in r.getMessage()]
+  assert logged == list(range(1, 10)) and len(warnings) == 1, warnings
+  assert warnings[0].startswith('Step 6:') and 'pos_cosine 0.980' in warnings[0] and 'last_bn=True' in warnings[0]
+  quiet = common.CollapseMonitor(64)
+  assert all(quiet.update(m) is None for m in [healthy] * 5 + [{'loss': 1.0}] * 5)
+
+
 def test_benchmark_rejects_bad_input_before_compiling(capsys):
   good = 'configs/selfcon_cifar100.py:runlocal,synthetic'
-  assert benchmark.main(['--baseline', 'configs/missing.py', '--candidate', good]) == 2
-  assert benchmark.main(['--baseline', good, '--candidate', good, '--set', 'selfcon.nope=1']) == 2
-  assert benchmark.main(['--baseline', good, '--candidate', good, '--steps', '-1']) == 2
+  assert benchmark.main(['--config', good, '--baseline', 'configs/missing.py']) == 2
+  assert benchmark.main(['--config', good, '--baseline', good, '--baseline.selfcon.nope=1']) == 2
+  assert benchmark.main(['--config', good, '--baseline', good, '--steps', '-1']) == 2
   errors = capsys.readouterr().err.splitlines()
   assert len(errors) == 3 and all(e.startswith('error: ') for e in errors)
 

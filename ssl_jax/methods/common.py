@@ -33,11 +33,14 @@ def build_encoder(config, *, in_channels: int, rngs: nnx.Rngs):
   m = config.model
   return create_encoder(m.name, stem=m.stem, width=m.width, num_stages=m.num_stages or None,
                         in_channels=in_channels, bn_group_size=m.bn_group_size, bn_momentum=m.bn_momentum,
-                        dtype=compute_dtype(m.dtype), rngs=rngs)
+                        dtype=compute_dtype(m.dtype), rngs=rngs, patch_size=m.patch_size, num_heads=m.num_heads,
+                        pos_embed=m.pos_embed, freeze_patch_embed=m.freeze_patch_embed, pool=m.pool,
+                        image_size=config.data.image_size)
 
 
 def build_head(head_cfg, in_dim: int, *, config, rngs: nnx.Rngs):
-  return MLPHead(in_dim, hidden_dim=head_cfg.hidden_dim, out_dim=head_cfg.out_dim,
+  # hidden_dim 0: the input's width (MoCo's official builder: dim_mlp = the encoder's output width).
+  return MLPHead(in_dim, hidden_dim=head_cfg.hidden_dim or in_dim, out_dim=head_cfg.out_dim,
                  num_layers=head_cfg.num_layers, use_bn=head_cfg.use_bn, last_bn=head_cfg.last_bn,
                  activation=head_cfg.activation, bn_group_size=config.model.bn_group_size,
                  bn_momentum=config.model.bn_momentum, rngs=rngs)
@@ -51,7 +54,7 @@ def build_encoder_projector(config, *, in_channels: int, rngs: nnx.Rngs) -> Enco
 
 
 def make_views(key, batch, ctx):
-  """`config.num_views` augmented views (B, V, R, R, C) in [0, 1], all drawn from `config.augment`."""
+  """`config.num_views` augmented views (B, V, R, R, C) in [0, 1]; view i from `augment{i}`, else `augment`."""
   config = ctx.config
   return augment.make_views(key, batch['image'], augment.view_configs(config, config.num_views), ctx.resolution)
 
@@ -78,22 +81,47 @@ def contrastive_metrics(z) -> dict:
   return jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
 
 
+class CollapseMonitor:
+  """Reads the logged collapse monitors and says once when the projections look collapsed.
+
+  `z_std` (contrastive_metrics) is the per-dimension std over the batch of the L2-normalised projections:
+  about 1/sqrt(P) for P-dim projections spread over the sphere, 0 when they all point one way. The rule:
+  z_std·sqrt(P) below RATIO at PATIENCE logs in a row. Healthy runs stay near 1 (SupCon on the digits with a
+  BatchNorm-ended head: 0.8-1.0); the collapsed SupCon/SelfCon digits runs sat near 0.16.
+  `pos_cosine` near 1 alone is no sign (supervised losses pull views of a class together), so it is only
+  reported in the message.
+  """
+  RATIO, PATIENCE = 0.25, 3
+
+  def __init__(self, out_dim: int):
+    self.out_dim = out_dim
+    self.streak = 0
+    self.warned = False
+
+  def update(self, metrics: dict) -> str | None:
+    """The warning to log for this log step's mean metrics, or None (at most one warning per run)."""
+    if 'z_std' not in metrics:
+      return None
+    ratio = metrics['z_std'] * self.out_dim ** 0.5
+    self.streak = self.streak + 1 if ratio < self.RATIO else 0
+    if self.warned or self.streak < self.PATIENCE:
+      return None
+    self.warned = True
+    cosine = f', pos_cosine {metrics["pos_cosine"]:.3f}' if 'pos_cosine' in metrics else ''
+    return (f'the projections look collapsed: z_std {metrics["z_std"]:.4f} is {ratio:.2f} x '
+            f'1/sqrt({self.out_dim}) (below {self.RATIO}) for {self.PATIENCE} logs in a row{cosine}; the '
+            'encoder may be learning little. A BatchNorm at the end of the projection head often helps '
+            '(--config.model.head.last_bn=True)')
+
+
 LOSS_REDUCTIONS = ('mean_of_log', 'log_of_mean')
 
 
-def chunk_size(loss_cfg) -> int:
-  """`loss.chunk_size` (0 for configs saved before the field existed); UserError unless an integer >= 0."""
-  size = loss_cfg.get('chunk_size', 0)
-  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-    raise UserError(f'loss.chunk_size={size!r} must be an integer >= 0 (0: all logits at once; C: C anchors '
-                    'at a time, memory O(N·C) instead of O(N²))')
-  return size
-
-
-def build_contrastive_model(config, *, in_channels: int, rngs: nnx.Rngs) -> EncoderProjector:
-  """`build_encoder_projector` after checking the `config.loss` fields the contrastive loss reads."""
-  chunk_size(config.loss)
-  return build_encoder_projector(config, in_channels=in_channels, rngs=rngs)
+def check_contrastive(config, *, use_labels: bool) -> None:
+  """The cross-field rule of `contrastive_objective`: the log_of_mean form takes two views and no labels."""
+  if config.loss.reduction == 'log_of_mean' and (use_labels or config.num_views != 2):
+    raise UserError("loss.reduction='log_of_mean' takes two views and no labels; use it with simclr or "
+                    "repmix and num_views=2, or set loss.reduction='mean_of_log'")
 
 
 def contrastive_objective(z, labels, loss_cfg):
@@ -102,17 +130,14 @@ def contrastive_objective(z, labels, loss_cfg):
   `loss_cfg.reduction` 'mean_of_log' is `losses.contrastive_loss` (NT-Xent, or SupCon with labels);
   'log_of_mean' is `losses.nt_xent_log_of_mean`, the RepMix code's form (two views, no labels).
   `loss_cfg.chunk_size` > 0 computes either in chunks of that many anchors (same value, O(N·C) memory).
+  'mean_of_log' also reads `supcon_form` ('out' | 'in') and `no_positive` ('exclude' | 'zero'), see
+  `losses.contrastive_loss`; a loss block without them (a caller's own) gets 'out' and 'exclude'.
   """
-  if loss_cfg.reduction not in LOSS_REDUCTIONS:
-    raise UserError(f'loss.reduction={loss_cfg.reduction!r} is unknown; '
-                    f'use one of {", ".join(LOSS_REDUCTIONS)}')
   if loss_cfg.reduction == 'mean_of_log':
-    return losses.contrastive_loss(z, labels, temperature=loss_cfg.temperature,
-                                   chunk_size=chunk_size(loss_cfg))
-  if labels is not None or z.shape[1] != 2:
-    raise UserError("loss.reduction='log_of_mean' takes two views and no labels; use it with simclr or "
-                    "repmix and num_views=2, or set loss.reduction='mean_of_log'")
-  return losses.nt_xent_log_of_mean(z, temperature=loss_cfg.temperature, chunk_size=chunk_size(loss_cfg))
+    return losses.contrastive_loss(z, labels, temperature=loss_cfg.temperature, chunk_size=loss_cfg.chunk_size,
+                                   form=loss_cfg.get('supcon_form', 'out'),
+                                   no_positive=loss_cfg.get('no_positive', 'exclude'))
+  return losses.nt_xent_log_of_mean(z, temperature=loss_cfg.temperature, chunk_size=loss_cfg.chunk_size)
 
 
 def contrastive_loss_fn(model, views, batch, key, ctx, *, use_labels: bool):

@@ -29,6 +29,10 @@ the backbone vectors alone (SupCon-S, SupCon or SimCLR; none for SelfCon-SU*, as
 plus alpha times the SelfCon term in which only sub-network vectors are anchors (backbone vectors stay in
 every denominator). With `selfcon.official_temperature_scaling` (on in the recipes, as in the official code
 inherited from SupContrast) every loss term is multiplied by τ / 0.07; off gives the plain loss.
+`selfcon.view_major_bn` (on in the recipes, as the official code) puts the rows of the two-view variants in
+view-major order for the model, so each ghost BatchNorm group (`model.bn_group_size`) holds one view, as
+each GPU's BatchNorm does under the official nn.DataParallel; off, groups hold whole examples with both
+views (`project`). Single-view variants are the same either way.
 
 The number of views comes from the variant (`config.num_views` is not read). Evaluation reads the backbone
 exit (`features`, `encoder`); `exit_features` gives every exit, and the linear-evaluation CLI and the
@@ -42,7 +46,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import data, losses
+from ssl_jax import data, losses, methods
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.methods import common
@@ -71,27 +75,20 @@ BASE_TEMPERATURE = 0.07  # SupContrast's base_temperature, hard-coded in SelfCon
 
 
 def variant(config) -> Variant:
-  """The `config.selfcon.variant` entry of VARIANTS; UserError for a missing block or an unknown name."""
-  if 'selfcon' not in config:
-    raise UserError('config.method=\'selfcon\' needs the config block `selfcon`; start from '
-                    'configs/selfcon_cifar100.py or configs/selfcon_imagenet.py')
-  name = config.selfcon.variant
-  if name not in VARIANTS:
-    raise UserError(f'selfcon.variant={name!r} is unknown; use one of {", ".join(VARIANTS)}')
-  return VARIANTS[name]
+  """The `config.selfcon.variant` entry of VARIANTS (a name the schema has checked)."""
+  return VARIANTS[config.selfcon.variant]
+
+
+CAPABILITIES = methods.Capabilities(needs_labels=lambda config: variant(config).labels, addons=('fusion',),
+                                    config_blocks=('selfcon',))
 
 
 def check_config(config) -> None:
-  """Raises UserError for bad `config.selfcon` / `config.loss` values (everything but the exit stage)."""
-  v, cfg = variant(config), config.selfcon
-  if v.sub_network and cfg.sub_net not in SUB_NETS:
-    raise UserError(f'selfcon.sub_net={cfg.sub_net!r} is unknown; use one of {", ".join(SUB_NETS)}')
-  if cfg.alpha < 0 or (cfg.alpha and not v.sub_network):
-    raise UserError(f'selfcon.alpha={cfg.alpha} must be >= 0, and 0 for the baseline {cfg.variant!r} (alpha '
-                    'weighs the sub-network term of the SelfCon "*" variants)')
-  if config.loss.temperature <= 0:
-    raise UserError(f'loss.temperature={config.loss.temperature} must be positive')
-  common.chunk_size(config.loss)
+  """Raises UserError for an alpha the variant cannot use (the exit stage is checked against the encoder)."""
+  cfg = config.selfcon
+  if cfg.alpha and not variant(config).sub_network:
+    raise UserError(f'selfcon.alpha={cfg.alpha} must be 0 for the baseline {cfg.variant!r} (alpha weighs the '
+                    'sub-network term of the SelfCon "*" variants)')
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -200,7 +197,6 @@ def _head(model_cfg, in_dim: int, *, rngs: nnx.Rngs) -> MLPHead:
 
 def build_model(config, *, in_channels, rngs):
   """The backbone of `config.model`, its head and, for the SelfCon variants, the sub-network and its head."""
-  check_config(config)
   encoder = common.build_encoder(config, in_channels=in_channels, rngs=rngs)
   head = _head(config.model, encoder.out_dim, rngs=rngs)
   sub_network = sub_head = None
@@ -263,18 +259,34 @@ def objective(z, labels, *, name: str, alpha: float, temperature: float, base_te
   return total
 
 
+def project(model, views, *, view_major: bool):
+  """Projections (B, V, E, P) and backbone features (B, V, D) of all views in one pass of the model.
+
+  The rows go through the model example-major (all views of example 0, then of example 1, ...), so each
+  device keeps its own rows and a ghost BatchNorm group of G rows holds G / V examples with all their views;
+  or, with `view_major`, all first views, then all second views, so that each group of G <= B rows
+  (B % G == 0) holds one view only, as in the official code, whose nn.DataParallel splits its view-major
+  batch into one chunk per GPU. Either way the groups are fixed rows of the global batch, so results do not
+  depend on the device count; view-major moves rows between devices (an all-to-all on the mesh).
+  """
+  b, n = views.shape[:2]
+  if view_major:
+    z, h = model(jnp.swapaxes(views, 0, 1).reshape(n * b, *views.shape[2:]), train=True)
+    return jnp.swapaxes(z.reshape(n, b, *z.shape[1:]), 0, 1), jnp.swapaxes(h.reshape(n, b, -1), 0, 1)
+  z, h = model(views.reshape(b * n, *views.shape[2:]), train=True)
+  return z.reshape(b, n, *z.shape[1:]), h.reshape(b, n, -1)
+
+
 def loss_fn(model, views, batch, key, ctx):
-  """All views through the multi-exit model in one pass -> `objective`."""
+  """All views through the multi-exit model in one pass (`project`) -> `objective`."""
   del key
   config = ctx.config
   b, n = views.shape[:2]
-  # Example-major rows (B·V): each device keeps its rows and ghost BatchNorm groups do not depend on devices.
-  z, h = model(views.reshape(b * n, *views.shape[2:]), train=True)
-  z = z.reshape(b, n, *z.shape[1:])
   cfg = config.selfcon
+  z, h = project(model, views, view_major=cfg.view_major_bn)
   loss = objective(z, batch['label'], name=cfg.variant, alpha=cfg.alpha, temperature=config.loss.temperature,
                    base_temperature=BASE_TEMPERATURE if cfg.official_temperature_scaling else None,
                    mu_other_view_positive=cfg.mu_other_view_positive,
-                   chunk_size=common.chunk_size(config.loss))
+                   chunk_size=config.loss.chunk_size)
   metrics = common.contrastive_metrics(z.reshape(b, n * z.shape[2], -1))
-  return loss, (metrics, ctx.extra, h.reshape(b, n, -1)[:, 0])
+  return loss, (metrics, ctx.extra, h[:, 0])
