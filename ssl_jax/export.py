@@ -48,6 +48,7 @@ import sys
 
 import numpy as np
 
+from ssl_jax import paths
 from ssl_jax.errors import UserError
 
 FORMATS = ('safetensors', 'torch')
@@ -242,11 +243,11 @@ def export(path, out, *, format: str = 'safetensors',  # pylint: disable=redefin
       import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
       raise UserError(_NO_TORCH) from None
-  out = pathlib.Path(os.path.abspath(os.path.expanduser(out)))
+  out = paths.user_path(out)
   _check_out(out)
   from ssl_jax import encoder  # pylint: disable=g-import-not-at-top  (jax, flax, orbax)
-  path = pathlib.Path(os.path.abspath(os.path.expanduser(path)))
-  step_dir = encoder._step_dir(path)  # pylint: disable=protected-access  (the step is its name)
+  # The newest step of a workdir, explicitly: an unreadable one is an error here, not a silent older export.
+  step_dir = encoder._step_dir(paths.user_path(path))  # pylint: disable=protected-access
   config, model = encoder.build_from_checkpoint(step_dir)
   tensors, metadata = convert(config, model, int(step_dir.name), heads=heads)
   write = safetensors_bytes if format == 'safetensors' else _torch_bytes
