@@ -2,7 +2,8 @@
 
 Progress lines (`[<seconds> s] what it is doing`) and the training log go to stderr; the first comes before
 jax is imported. `--verbose` shows the INFO logs of TensorFlow, tfds and orbax. The workdir may be relative,
-absolute or start with `~`.
+absolute or start with `~`. `--check` only checks the recipe, its arguments and every config field (the
+launchers run it before they create anything).
 
 Exit codes: 0 done; 2 bad input (one line on stderr says what and how to fix it; nothing was written): a bad
 flag or config value, missing data, a checkpoint of a different config, a workdir another live run holds, or

@@ -37,22 +37,24 @@ def note(message: str) -> None:
 
 class Progress:
   """A phase of `total` units (epochs, batches): a line at most every `every` seconds and after the last unit,
-  each with the ETA of the phase (a phase shorter than `every` prints only its last line).
+  each with the ETA of the phase.
 
   Args:
     what: the phase, e.g. 'linear evaluation: epoch' (the line reads 'linear evaluation: epoch 3/100').
     total: number of units.
     every: the least number of seconds between two lines (0: a line per unit).
+    brief: whether a phase shorter than `every` prints its last line (False: it prints nothing).
   """
 
-  def __init__(self, what: str, total: int, *, every: float = 10.0):
-    self.what, self.total, self.every = what, total, every
+  def __init__(self, what: str, total: int, *, every: float = 10.0, brief: bool = True):
+    self.what, self.total, self.every, self.brief = what, total, every, brief
     self.started = self.last = time.perf_counter()
 
   def update(self, done: int, extra: str = '') -> None:
     """`done` units are finished; `extra` (e.g. 'top1 0.512') is shown in the line."""
     now = time.perf_counter()
-    if not (done >= self.total or now - self.last >= self.every):
+    last = done >= self.total and (self.brief or now - self.started >= self.every)
+    if not (last or now - self.last >= self.every):
       return
     self.last = now
     eta = (now - self.started) / max(done, 1) * (self.total - done)
@@ -62,8 +64,9 @@ class Progress:
 
 
 def counted(items, what: str, total: int, *, every: float = 30.0):
-  """Yields `items`, reporting them as a `Progress` phase (e.g. batches of a long feature extraction)."""
-  phase = Progress(what, total, every=every)
+  """Yields `items`, reporting them as a `Progress` phase (e.g. batches of a feature extraction) when it
+  lasts longer than `every` seconds."""
+  phase = Progress(what, total, every=every, brief=False)
   for done, item in enumerate(items, 1):
     yield item
     phase.update(min(done, total))

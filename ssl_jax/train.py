@@ -293,6 +293,8 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   # Evaluators: the frozen encoder scored by kNN during training, by kNN and a linear probe at the end.
   evaluator = None
   if config.eval_every_steps or config.eval.final:
+    progress.note(f'opening the evaluation splits: {config.data.train_split!r} (kNN bank) and '
+                  f'{config.data.eval_split!r}')
     evaluator = frozen.FrozenEncoderEval(config, method, graphdef, mesh, in_channels=in_channels)
 
   # Loop.

@@ -112,7 +112,9 @@ def test_cli_exit_code_and_single_line(tmp_path, extra, expected):
     ('configs/simclr_digits.py:runloc', "unknown config argument 'runloc'; this recipe takes: runlocal"),
 ])
 def test_cli_bad_recipe_or_recipe_argument(tmp_path, recipe, expected):
-  _assert_one_error_line(_cli('--config', recipe, '--workdir', str(tmp_path / 'run')), expected)
+  proc = _cli('--config', recipe, '--workdir', str(tmp_path / 'run'))
+  _assert_one_error_line(proc, expected)
+  assert proc.stderr.splitlines()[0].endswith(f'reading the config {recipe} (importing jax)')  # the first line
   assert not (tmp_path / 'run').exists()
 
 

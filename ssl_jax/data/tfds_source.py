@@ -18,6 +18,12 @@ The training crop is a random-resized crop (`host_crop['mode']` 'random_resized'
 shorter side to S / 0.875 and a random S x S window (torchvision's Resize(256) + RandomCrop(224), the
 fine-tuning crop of S3L's code), cut from the image as one window and resized once.
 
+Missing datasets: one that tfds can download (cifar10, cifar100, stl10, caltech_birds2011, ...) is downloaded
+and prepared on first use with `download=True` (`config.data.download`, the default), by process 0 while the
+others wait at a barrier (`prepare_once`); tfds shows the download's progress. ImageNet needs its archives
+put in place by hand, and `download=False` keeps the data directory as it is: both stop with a UserError
+that gives the command to prepare it, and so does a failed download, naming its cause.
+
 Unreadable files in an image_folder (corrupt, truncated, not an image) are found by decoding every file once
 when the source is built: they are left out of the split, counted in `skipped_images` (the trainer logs it as
 `data/skipped_images`) and named in a warning; a folder with no readable image is a UserError.
