@@ -25,7 +25,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ssl_jax import config_schema, paths, recipes  # noqa: E402
-from ssl_jax.errors import NonFiniteLoss, Preempted, UserError  # noqa: E402
+from ssl_jax.errors import NonFiniteLoss, Preempted, UserError, hide_closed_event_loop_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe: configs/NAME.py[:ARG] or NAME[:ARG].',
                                           lock_config=True)
@@ -124,18 +124,6 @@ def _parse_flags(argv):
   return rest
 
 
-def _hide_closed_event_loop_errors() -> None:
-  """After a failed checkpoint save (a full disk), TensorStore's C++ callbacks still report to the event loop
-  orbax has closed and print 'Event loop is closed' tracebacks through sys.excepthook: noise, not a cause."""
-  previous = sys.excepthook
-
-  def hook(kind, value, traceback):
-    if not (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'):
-      previous(kind, value, traceback)
-
-  sys.excepthook = hook
-
-
 def main(argv):
   del argv
   progress.set_verbosity(_VERBOSE.value)
@@ -174,5 +162,5 @@ def run(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  _hide_closed_event_loop_errors()
+  hide_closed_event_loop_errors()
   app.run(main, flags_parser=_parse_flags)

@@ -9,6 +9,7 @@ import pytest
 
 from configs import simclr_cifar10
 from ssl_jax import checkpoint, train
+from ssl_jax import errors
 from ssl_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -178,3 +179,12 @@ def test_cli_full_disk_is_one_line_without_asyncio_noise(tmp_path):
   _assert_one_error_line(proc, 'no space left on device while saving a checkpoint')
   assert 'checkpoint of step 1 is intact' in proc.stderr and 'Event loop is closed' not in proc.stderr
   assert checkpoint.is_complete(tmp_path / 'run' / 'checkpoints' / '1')
+
+
+def test_closed_event_loop_tracebacks_are_dropped_and_others_kept(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, 'excepthook', lambda kind, value, tb: seen.append(str(value)))
+  errors.hide_closed_event_loop_errors()
+  sys.excepthook(RuntimeError, RuntimeError('Event loop is closed'), None)  # what TensorStore's callbacks raise
+  sys.excepthook(RuntimeError, RuntimeError('something else'), None)
+  assert seen == ['something else']
