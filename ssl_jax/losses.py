@@ -85,8 +85,8 @@ def _anchor_log_probs(anchors: jax.Array, anchor_rows: jax.Array, anchor_ids: ja
   return log_prob_pos.reshape(-1)[:total], has_pos.reshape(-1)[:total]
 
 
-def _mean_over_anchors(log_prob_pos: jax.Array, has_pos: jax.Array, no_positive: str = 'exclude') -> jax.Array:
-  """-mean of `log_prob_pos` over the anchors with a positive ('exclude'; 0 if none has) or over all ('zero')."""
+def _mean_over_anchors(log_prob_pos: jax.Array, has_pos: jax.Array, no_positive: str = 'exclude'):
+  """-mean of `log_prob_pos` over the anchors with a positive ('exclude'; 0 if none) or over all ('zero')."""
   if no_positive not in NO_POSITIVE_RULES:
     raise ValueError(f'no_positive={no_positive!r} must be one of {NO_POSITIVE_RULES}')
   kept = has_pos.sum() if no_positive == 'exclude' else has_pos.size

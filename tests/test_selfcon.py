@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import selfcon_cifar100, selfcon_imagenet
+from configs import selfcon_cifar100, selfcon_digits, selfcon_imagenet
 from ssl_jax import benchmark, config_schema, losses, methods, train
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import exits, linear
@@ -244,6 +244,15 @@ def test_view_major_bn_groups_hold_one_view_on_any_number_of_devices():
   np.testing.assert_allclose(projections(sharded)[0], view_major, rtol=1e-5, atol=1e-5)
 
 
+def test_digits_recipes_of_the_supervised_methods_end_their_heads_with_batchnorm():
+  # Without it their projections collapse on the digits (configs/selfcon_digits.py); the CIFAR/ImageNet
+  # recipes keep the official heads.
+  from configs import supcon_digits
+  digits = [selfcon_digits.get_config(f'variant={v}') for v in selfcon.VARIANTS] + [supcon_digits.get_config()]
+  assert all(c.model.head.last_bn for c in digits)
+  assert not selfcon_cifar100.get_config().model.head.last_bn
+
+
 def test_collapse_warning_is_logged_once_after_three_collapsed_logs(caplog):
   # z_std 0.02 with 64-dim projections (0.16 x 1/sqrt(64)): SelfCon's collapsed digits run before last_bn.
   collapsed = {'loss': 8.91, 'lr': 0.3, 'z_std': 0.02, 'pos_cosine': 0.98}
@@ -256,7 +265,8 @@ def test_collapse_warning_is_logged_once_after_three_collapsed_logs(caplog):
     train._log([(step, metrics)], writer, image_size=24, data_metrics={}, collapse=monitor)
   warnings = [r.getMessage() for r in caplog.records if 'collapsed' in r.getMessage()]
   assert logged == list(range(1, 10)) and len(warnings) == 1, warnings
-  assert warnings[0].startswith('Step 6:') and 'pos_cosine 0.980' in warnings[0] and 'last_bn=True' in warnings[0]
+  assert warnings[0].startswith('Step 6:') and 'pos_cosine 0.980' in warnings[0]
+  assert 'last_bn=True' in warnings[0]
   quiet = common.CollapseMonitor(64)
   assert all(quiet.update(m) is None for m in [healthy] * 5 + [{'loss': 1.0}] * 5)
 
