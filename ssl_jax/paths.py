@@ -17,11 +17,16 @@ def user_path(path) -> pathlib.Path:
 def workdir_of(path) -> pathlib.Path:
   """The training run's workdir, given the workdir, its `checkpoints` folder or one of its step directories."""
   path = user_path(path)
-  if path.name == 'checkpoints' and path.is_dir():
+  if path.name == 'checkpoints' and path.is_dir() and any(map(_is_step, path.iterdir())):
     return path.parent
-  if path.parent.name == 'checkpoints' and (path / 'state').is_dir():
+  if path.parent.name == 'checkpoints' and _is_step(path):
     return path.parent.parent
   return path
+
+
+def _is_step(path: pathlib.Path) -> bool:
+  """Whether `path` is a checkpoint's step directory, `<workdir>/checkpoints/<step>`."""
+  return path.name.isdigit() and (path / 'state').is_dir()
 
 
 def check_workdir(workdir) -> pathlib.Path:

@@ -14,6 +14,7 @@ import ssl_jax
 from configs import simclr_cifar10
 from ssl_jax import data, report, train
 from ssl_jax.encoder import build_from_checkpoint
+from ssl_jax.errors import UserError
 from ssl_jax.evaluate import finetune, linear
 
 import runs
@@ -143,6 +144,11 @@ def test_relative_home_and_step_paths_everywhere(home_run, monkeypatch, tmp_path
   assert 'linear evaluation: epoch 2/2' in proc.stderr and ' I1' not in proc.stderr  # progress, no INFO logs
   assert json.loads((home_run / 'run' / 'results.json').read_text())['linear_eval']['config']['epochs'] == 2
   assert not (home_run / 'run' / 'checkpoints' / '3' / 'results.json').exists()
+  # The trainer refuses a checkpoint as its workdir (it would nest a run inside a run), changing nothing.
+  before = sorted(p.relative_to(home_run) for p in home_run.rglob('*'))
+  with pytest.raises(UserError, match=r'checkpoints/3 is a checkpoint inside the run .*/run; pass that run'):
+    train.train_and_evaluate(runs.tiny_synthetic(), 'run/checkpoints/3')
+  assert sorted(p.relative_to(home_run) for p in home_run.rglob('*')) == before
   # The report, given relative paths and a checkpoint.
   png, md = report.write_report(['run/checkpoints/3'], out='report')
   rows = [l for l in md.read_text().splitlines() if l.startswith('| run |')]
