@@ -110,7 +110,7 @@ def _names(tree) -> dict:
   def name(key):
     return str(next(getattr(key, a) for a in ('key', 'name', 'idx') if hasattr(key, a)))
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'.'.join(map(name, path)): tuple(x.shape) for path, x in leaves}
+  return {'.'.join(map(name, path)): tuple(x.shape) for path, x in leaves if hasattr(x, 'shape')}
 
 
 def _sync(name: str) -> None:

@@ -170,7 +170,8 @@ class Guard:
       resume = (f'the last good checkpoint is kept (step {kept}): resume from it with a lower learning rate by '
                 f'running the same command with {lower} (optimizer.base_lr and optimizer.warmup_epochs may '
                 'change on the resume after a non-finite stop)')
-    message = f'{what} at step {step}{after}; {resume}, or set --config.on_nan to skip_step or rollback'
+    others = ' or '.join(p for p in ('skip_step', 'rollback') if p != self.policy)
+    message = f'{what} at step {step}{after}; {resume}, or set --config.on_nan to {others}'
     self.writer.event(step, 'nan_stop', message)
     self.ckpt.mark_non_finite_stop(step)
     raise NonFiniteLoss(message)
