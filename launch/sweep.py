@@ -1,24 +1,35 @@
-r"""A grid of runs of one recipe: run them one after another here, or print one command per run for a cluster.
+r"""A grid of runs: run them one after another here, or print one command per run for a cluster.
 
-    python launch/sweep.py --config configs/X.py[:ARG] --grid 'KEY=V1,V2,...' [--grid 'KEY2=W1,W2'] \
-        --workdir DIR [--config.KEY3=VALUE ...] [--print | --collect]
+    python launch/sweep.py --config FILE[:ARG] --grid 'KEY=V1,V2,...' [--grid 'KEY2=W1,W2'] \
+        --workdir DIR [--config.KEY3=VALUE ...] [--baseline NAME] [--print | --collect]
 
 Every combination of the --grid values (the cartesian product, the first --grid varying slowest) is one
 ordinary training run (`ssl_jax.train.train_and_evaluate`, what `python -m ssl_jax.main` runs) in
-DIR/<name>, where <name> lists the run's grid values, e.g. DIR/fusion.num_layers=2. `--config.KEY=VALUE`
-flags are applied to every run, as on the `ssl_jax.main` command line. A run that already has results.json
-is skipped, so running the same line again resumes an interrupted sweep (an unfinished run resumes from its
-checkpoint). Afterwards DIR/sweep.md holds one row per run (the grid values and the numeric results of
-results.json, via `ssl_jax.report`), DIR/sweep.png the final accuracies against the first grid key and
-DIR/sweep_curves.png the training curves.
+DIR/<name>, where <name> lists the run's grid values, e.g. DIR/fusion.num_layers=2. A grid KEY is
+  * a config field (`fusion.num_layers`, `method`, ...), set as `--config.KEY=VALUE` would set it;
+  * `config`: the recipe itself, one FILE[:ARG] or NAME[:ARG] per value (quote a value whose argument holds
+    commas: --grid "config='rotation_digits:runlocal,rotation=false',rotation_digits:runlocal");
+  * `config:ARG`: one argument of the recipe, e.g. the framework of recipes that take one
+    (--grid 'config:framework=simclr,byol') or an add-on switch (--grid 'config:rotation=false,true').
+`--config.KEY=VALUE` flags are applied to every run, as on the `ssl_jax.main` command line. A run that already
+has results.json is skipped, so running the same line again resumes an interrupted sweep (an unfinished run
+resumes from its checkpoint). Afterwards DIR/sweep.md holds one row per run (the grid values and the numeric
+results of results.json, via `ssl_jax.report`), DIR/sweep.png the final accuracies against the first grid key
+and DIR/sweep_curves.png the training curves.
 
+  --baseline NAME  time-to-accuracy of every run against run NAME (its directory name, e.g.
+                   'config:rotation=false'): DIR/time_to_accuracy.md, .json and .png (`ssl_jax.report`); the
+                   runs need a kNN curve (eval_every_steps > 0) and the same evaluation data and k
   --print    only print one `python -m ssl_jax.main` command per run (e.g. to submit them to a cluster)
   --collect  only write sweep.md and the plots from the runs found in DIR
 
-Grid values are split at commas outside brackets, so tuples work:
+A baseline against a candidate, e.g. the rotation add-on against its framework alone:
+  python launch/sweep.py --config rotation_digits --grid 'config:rotation=false,true' \
+      --baseline config:rotation=false --workdir runs/rotation_digits
+Grid values are split at commas outside brackets and quotes, so tuples work:
   --grid 'augment.crop_scale=(0.2, 1.0),(0.08, 1.0)'
-Exit codes: 0 done; 2 bad input (one line on stderr; the grid and the fields are checked before any run
-starts); 1 a run's loss became non-finite (the other runs still ran).
+Exit codes: 0 done; 2 bad input (one line on stderr; the grid, the recipes and the fields are checked before
+any run starts); 1 a run's loss became non-finite (the other runs still ran).
 """
 import argparse
 import itertools
@@ -37,23 +48,29 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ssl_jax import recipes, report  # noqa: E402
-from ssl_jax.checkpoint import flatten  # noqa: E402
+from ssl_jax.config_schema import flatten  # noqa: E402
 from ssl_jax.errors import NonFiniteLoss, UserError  # noqa: E402
 
-_OVERRIDE = re.compile(r'--config\.([\w.]+)=(.*)', re.DOTALL)
 _UNSAFE = re.compile(r'[^\w.+-]+')
 
 
 def split_values(text: str) -> list[str]:
-  """'a,(1, 2),b' -> ['a', '(1, 2)', 'b']: commas inside brackets do not split."""
-  values, depth, start = [], 0, 0
+  """"a,(1, 2),'b,c'" -> ['a', '(1, 2)', 'b,c']: commas inside brackets or quotes do not split; a value's
+  enclosing quotes are removed."""
+  values, depth, quote, start = [], 0, '', 0
   for i, ch in enumerate(text):
-    depth += (ch in '([{') - (ch in ')]}')
-    if ch == ',' and depth == 0:
-      values.append(text[start:i].strip())
-      start = i + 1
+    if quote:
+      quote = '' if ch == quote else quote
+    elif ch in '\'"':
+      quote = ch
+    else:
+      depth += (ch in '([{') - (ch in ')]}')
+      if ch == ',' and depth == 0:
+        values.append(text[start:i].strip())
+        start = i + 1
   values.append(text[start:].strip())
-  return values
+  unquote = lambda v: v[1:-1] if len(v) > 1 and v[0] == v[-1] and v[0] in '\'"' else v
+  return [unquote(v) for v in values]
 
 
 def parse_grid(text: str) -> tuple[str, list[str]]:
@@ -70,21 +87,34 @@ def run_name(assignments) -> str:
   return ','.join(f'{key}={safe(value)}' for key, value in assignments)
 
 
+def with_recipe_arg(spec: str, name: str, value: str) -> str:
+  """`spec` ('FILE[:ARG]') with its recipe argument `name` set to `value` ('rotation_digits:runlocal',
+  'rotation', 'false' -> 'rotation_digits:runlocal,rotation=false')."""
+  path, _, arg = spec.partition(':')
+  kept = [part for part in arg.split(',') if part and part.partition('=')[0] != name]
+  return f'{path}:{",".join([*kept, f"{name}={value}"])}'
+
+
+def run_spec(spec: str, assignments) -> str:
+  """The recipe of one run: `spec`, or the value of a `config` axis, with the values of `config:ARG` axes."""
+  for key, value in assignments:
+    if key == 'config':
+      spec = value
+  for key, value in assignments:
+    if key.startswith('config:'):
+      spec = with_recipe_arg(spec, key[len('config:'):], value)
+  return spec
+
+
 def plan(spec: str, grids: list[str], overrides: list[str]) -> list[tuple[str, list, object]]:
   """Every run of the sweep as (name, its grid assignments, its config); every value checked up front."""
   axes = [parse_grid(g) for g in grids]
-  fixed = []
-  for flag in overrides:
-    match = _OVERRIDE.fullmatch(flag)
-    if not match:
-      raise UserError(f'unknown argument {flag!r}; use --config.KEY=VALUE, --grid, --workdir, --print')
-    fixed.append(match.groups())
+  fixed = recipes.split_overrides(overrides)['config']
   runs = []
   for values in itertools.product(*[values for _, values in axes]):
     assignments = [(key, value) for (key, _), value in zip(axes, values)]
-    config = recipes.load(spec)
-    for key, value in fixed + assignments:
-      recipes.override(config, f'{key}={value}')
+    fields = [f'{key}={value}' for key, value in assignments if key != 'config' and ':' not in key]
+    config = recipes.load_with(run_spec(spec, assignments), fixed + fields)
     runs.append((run_name(assignments), assignments, config))
   names = [name for name, _, _ in runs]
   if len(set(names)) != len(names):
@@ -95,8 +125,9 @@ def plan(spec: str, grids: list[str], overrides: list[str]) -> list[tuple[str, l
 
 def command(spec: str, workdir: pathlib.Path, assignments, overrides: list[str]) -> str:
   """The `python -m ssl_jax.main` command line of one run."""
-  parts = ['python', '-m', 'ssl_jax.main', '--config', spec, '--workdir', str(workdir), *overrides]
-  parts += [f'--config.{key}={value}' for key, value in assignments]
+  parts = ['python', '-m', 'ssl_jax.main', '--config', run_spec(spec, assignments), '--workdir', str(workdir),
+           *overrides]
+  parts += [f'--config.{key}={value}' for key, value in assignments if key != 'config' and ':' not in key]
   return ' '.join(shlex.quote(p) for p in parts)
 
 
@@ -143,8 +174,29 @@ def plot_results(runs, workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path
   return out
 
 
-def collect(runs, workdir: pathlib.Path, spec: str) -> pathlib.Path:
-  """Writes DIR/sweep.md (results table), DIR/sweep.png and DIR/sweep_curves.png; returns sweep.md."""
+def check_baseline(runs, baseline: str) -> None:
+  """UserError unless `baseline` names a run and every run has a kNN curve that the baseline's can score."""
+  names = [name for name, _, _ in runs]
+  if baseline not in names:
+    raise UserError(f'--baseline {baseline!r} is not a run of this sweep; use one of: {", ".join(names)}')
+  for name, _, config in runs:
+    if config.eval_every_steps <= 0:
+      raise UserError(f'run {name} evaluates only at the end (eval_every_steps={config.eval_every_steps}); give '
+                      'it a kNN curve for --baseline, e.g. --config.eval_every_steps=10')
+  report.check_comparable({name: config.to_dict() for name, _, config in runs})
+
+
+def steps_per_epoch(config) -> int:
+  """Full global batches per epoch of the run's training split."""
+  from ssl_jax import data, methods  # pylint: disable=g-import-not-at-top
+  source = data.get_source(config.data, split=config.data.train_split, train=True,
+                           num_views=methods.get_method(config).num_views(config))
+  return source.steps_per_epoch(config.batch_size)
+
+
+def collect(runs, workdir: pathlib.Path, spec: str, baseline: str | None = None) -> pathlib.Path:
+  """Writes DIR/sweep.md (results table), DIR/sweep.png and DIR/sweep_curves.png, and with `baseline`
+  DIR/time_to_accuracy.md (.json, .png); returns sweep.md."""
   present = [workdir / name for name, _, _ in runs if (workdir / name / 'config.json').exists()]
   missing = [name for name, _, _ in runs if not (workdir / name / 'results.json').exists()]
   lines = [f'# Sweep of `{spec}`', '']
@@ -153,6 +205,10 @@ def collect(runs, workdir: pathlib.Path, spec: str) -> pathlib.Path:
       lines += ['![final results](sweep.png)', '']
     report.plot_runs(present, workdir / 'sweep_curves.png')
     lines += ['![training curves](sweep_curves.png)', '', report.comparison_table(present)]
+  if baseline and not missing:
+    spe = {name: steps_per_epoch(config) for name, _, config in runs}
+    report.write_time_to_accuracy(present, workdir / baseline, workdir, spe)
+    lines += [f'Time to the accuracy of {baseline}: [time_to_accuracy.md](time_to_accuracy.md)', '']
   if missing:
     lines += [f'Runs without results yet: {", ".join(missing)}', '']
   out = workdir / 'sweep.md'
@@ -163,9 +219,10 @@ def collect(runs, workdir: pathlib.Path, spec: str) -> pathlib.Path:
 def main(argv=None) -> int:
   """The command line; returns the exit code."""
   parser = argparse.ArgumentParser(prog='python launch/sweep.py', description=__doc__.splitlines()[0])
-  parser.add_argument('--config', required=True, help='recipe: configs/NAME.py[:ARG]')
+  parser.add_argument('--config', required=True, help='recipe: FILE.py[:ARG] or NAME[:ARG]')
   parser.add_argument('--grid', action='append', required=True, help="KEY=V1,V2,... (repeatable)")
   parser.add_argument('--workdir', required=True, help='the sweep directory; run i trains in DIR/<name>')
+  parser.add_argument('--baseline', default=None, help='a run name: time to its accuracy for every run')
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument('--print', action='store_true', help='print one ssl_jax.main command per run and exit')
   mode.add_argument('--collect', action='store_true', help='only tabulate and plot the runs in DIR')
@@ -174,13 +231,15 @@ def main(argv=None) -> int:
   workdir = pathlib.Path(args.workdir)
   try:
     runs = plan(args.config, args.grid, overrides)
+    if args.baseline:
+      check_baseline(runs, args.baseline)
     if args.print:
       for name, assignments, _ in runs:
         print(command(args.config, workdir / name, assignments, overrides))
       return 0
     failed = [] if args.collect else run_all(runs, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    out = collect(runs, workdir, args.config)
+    out = collect(runs, workdir, args.config, args.baseline)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -149,29 +149,25 @@ def override(config, assignment: str) -> None:
   node[last] = _parse(key, node[last], text)
 
 
-PAIR = ('baseline', 'candidate')
+def split_overrides(flags: list[str], names=('config',)) -> dict[str, list[str]]:
+  """Sorts `--NAME.a.b=VALUE` flags by recipe NAME: {NAME: ['a.b=VALUE', ...]} for every name in `names`.
 
-
-def add_pair_arguments(parser) -> None:
-  """--baseline and --candidate recipes with their overrides: --set (both), --baseline_set, --candidate_set."""
-  parser.add_argument('--baseline', required=True, help='recipe configs/A.py[:ARG] or A[:ARG]')
-  parser.add_argument('--candidate', required=True, help='recipe configs/B.py[:ARG] or B[:ARG]')
-  for flag, whom in (('--set', 'both'), ('--baseline_set', 'the baseline'), ('--candidate_set', 'the candidate')):
-    parser.add_argument(flag, action='extend', nargs='+', default=[], metavar='KEY=VALUE',
-                        help=f'config overrides for {whom}')
-
-
-def load_pair(args) -> tuple[dict, dict]:
-  """The two recipes of `add_pair_arguments`' parsed `args` with their overrides applied.
-
-  Returns:
-    ({'baseline': ConfigDict, 'candidate': ConfigDict}, {the same names: the recipe and its overrides as text}).
+  The command-line tools' one override dialect (`--config.a.b=VALUE`, as `python -m ssl_jax.main` reads it;
+  `--baseline.a.b=VALUE` for a second recipe). Any other flag is a UserError.
   """
-  configs, specs = {}, {}
-  for name in PAIR:
-    assignments = [*args.set, *getattr(args, f'{name}_set')]
-    config = load(getattr(args, name))
-    for assignment in assignments:
-      override(config, assignment)
-    configs[name], specs[name] = config, ' '.join([getattr(args, name), *assignments])
-  return configs, specs
+  out = {name: [] for name in names}
+  for flag in flags:
+    prefix, dot, assignment = flag.removeprefix('--').partition('.')
+    if not flag.startswith('--') or not dot or prefix not in out or '=' not in assignment:
+      dialect = ' or '.join(f'--{name}.KEY=VALUE' for name in names)
+      raise UserError(f'unknown argument {flag!r}; recipe fields are set as {dialect}')
+    out[prefix].append(assignment)
+  return out
+
+
+def load_with(spec: str, assignments: list[str]):
+  """The ConfigDict of recipe `spec` (`load`) with the 'a.b=VALUE' `assignments` applied (`override`)."""
+  config = load(spec)
+  for assignment in assignments:
+    override(config, assignment)
+  return config

@@ -1,23 +1,17 @@
-r"""ssl_jax's SimCLR train step against a PyTorch implementation of the same step, measured in the same run.
+r"""ssl_jax's SimCLR train step written in PyTorch, timed alike: the `--torch` side of `ssl_jax.benchmark`.
 
-    python launch/torch_compare.py --config configs/simclr_cifar10.py:synthetic [--config.KEY=VALUE ...] \
-        [--steps 20] [--device auto|cuda|cpu] [--out FILE.json]
+    python -m ssl_jax.benchmark --config simclr_cifar10:synthetic [--config.KEY=VALUE ...] --torch
 
-PyTorch (2.x) is not in requirements.txt (only this script needs it): `pip install torch` first. Prints a markdown
-table with both throughputs and the line `ssl_jax / PyTorch views/s: X.XX`; `--out` writes every field as
-JSON. Exit codes: 0 done; 2 bad input or no PyTorch (one line on stderr); 1 a side failed.
-
-How it runs:
-  1. ssl_jax: `python -m ssl_jax.bench --config ... --steps N --out TMP.json` in a subprocess (its synthetic
-     mode: the trainer's own jitted step, the online probe off, one synthetic batch kept on the device). A
-     subprocess, so that JAX (which preallocates 75% of a GPU) has left the device before PyTorch starts.
-  2. PyTorch, in this process: the same recipe and overrides (`ssl_jax.recipes`), the same step written in
-     eager PyTorch, on one device (cuda if available, else the CPU).
-Both are timed alike: 2 warm-up steps, then the median of N steps, each step synchronised with the device
-(`jax.block_until_ready` / `torch.cuda.synchronize`); views/s = batch_size x views per example / step seconds.
+runs this module in a child process (`python -m ssl_jax.torch_simclr --config ... --steps N --out FILE.json`)
+before JAX takes the device. PyTorch (2.x) is an optional dependency (not in requirements.txt). The step runs
+on one device (cuda when available, else the CPU); on CUDA in channels-last memory layout, with bf16
+autocast when the recipe's `model.dtype` is bfloat16 ('auto' on a GPU), and with the loss computation
+compiled by `torch.compile` when that works there (else eager, said in the notes). Timing as ssl_jax's: 2
+warm-up steps, then the median of N steps, each synchronised with the device; views/s = batch_size x views
+per example / step seconds; the first step's seconds are reported as the compile time.
 
 "The same step" means, on both sides, for the recipe's config values:
-  * input: one uint8 (B, H, W, C) batch of the recipe's image shape (`ssl_jax.bench.synthetic_like`), created
+  * input: one uint8 (B, H, W, C) batch of the recipe's image shape (`ssl_jax.benchmark.synthetic_like`), created
     once on the device;
   * augmentation on the device, per example, batched: `num_views` views of every image with the recipe's
     `augment` block in ssl_jax.data.augment's order: random resized crop (torchvision's box rule, 10 tries,
@@ -42,8 +36,9 @@ Both are timed alike: 2 warm-up steps, then the median of N steps, each step syn
 
 Where the two steps differ:
   * ssl_jax compiles the whole step with XLA (augmentation, forward, backward, optimizer in one program);
-    PyTorch runs it eagerly, op by op (no torch.compile), with multi-tensor (`_foreach`) optimizer kernels:
-    that is the comparison. None of the differences below should move the time by more than a few percent;
+    PyTorch runs the augmentation and the optimizer eagerly, op by op, with multi-tensor (`_foreach`)
+    optimizer kernels, and the model and loss under torch.compile on CUDA (eagerly elsewhere): that is the
+    comparison. None of the differences below should move the time by more than a few percent;
   * the learning rate: ssl_jax evaluates its warmup-cosine schedule on the device every step; PyTorch uses
     the peak rate as a constant;
   * crops: ssl_jax resamples with `jax.image.scale_and_translate` (antialiased when shrinking), PyTorch with
@@ -60,39 +55,30 @@ Where the two steps differ:
   * initialisation: convolutions as ssl_jax (He normal, fan-out); Linear layers keep torch's default init;
   * `loss.chunk_size` (ssl_jax's memory-saving chunked loss) is ignored: PyTorch builds the whole logit matrix;
   * ghost BatchNorm (`model.bn_group_size` > 0), batch fusion and the rotation add-on are refused here.
-On several devices ssl_jax.bench shards the batch over all of them while PyTorch uses one: run with one
-device visible (e.g. CUDA_VISIBLE_DEVICES=0; on the CPU without --xla_force_host_platform_device_count); the
-note under the table says when the device counts differ.
+On several devices ssl_jax shards the batch over all of them while PyTorch uses one: run with one device
+visible (e.g. CUDA_VISIBLE_DEVICES=0; on the CPU without --xla_force_host_platform_device_count).
+Exit codes: 0 done; 2 bad input or no PyTorch (one line on stderr); 1 the step failed.
 """
 import argparse
 import functools
 import json
 import math
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(_ROOT))
-
-from ssl_jax import bench, config_schema, data, recipes  # noqa: E402
-from ssl_jax.data.augment import blur_kernel_size, fixed_blur_kernel_size  # noqa: E402
-from ssl_jax.errors import UserError  # noqa: E402
+from ssl_jax import benchmark, config_schema, data, recipes
+from ssl_jax.data.augment import blur_kernel_size, fixed_blur_kernel_size
+from ssl_jax.errors import UserError
 
 try:
-  import torch  # noqa: E402
-  from torch import nn  # noqa: E402
-  import torch.nn.functional as F  # noqa: E402
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
 except ImportError:  # reported by main() once the flags are checked; nothing below runs without torch
   torch = nn = F = None
 
-NO_TORCH = ('error: PyTorch is not installed; pip install torch (it is not in requirements.txt: only this '
-            'comparison needs it)')
-_WARMUP_STEPS = 2  # as ssl_jax.bench
 # name -> (block kind, blocks per stage, base widths): ssl_jax/models/resnet.py's table.
 _ARCHS = {'resnet18': ('basic', (2, 2, 2, 2), (64, 128, 256, 512)),
           'resnet34': ('basic', (3, 4, 6, 3), (64, 128, 256, 512)),
@@ -103,52 +89,11 @@ _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as ssl_jax.data.augment
 _CROP_TRIES = 10
 
 
-class StepFailed(Exception):
-  """A side of the comparison failed to run (exit 1), as opposed to bad input (UserError, exit 2)."""
-
-
 # Classes need a base class even when torch is missing; they are only instantiated when it is there.
 _Module = nn.Module if nn is not None else object
 
 
 # ----------------------------------------------------------------------------------------------- input
-
-
-class _Parser(argparse.ArgumentParser):
-  """argparse that raises UserError (one line, exit 2) instead of printing its usage and exiting."""
-
-  def error(self, message):
-    raise UserError(f'{message}; usage: python launch/torch_compare.py --config configs/X.py[:ARG] '
-                    '[--config.KEY=VALUE ...] [--steps N] [--device auto|cuda|cpu] [--out FILE.json]')
-
-
-def parse_args(argv):
-  """(args, overrides): the flags, and the `--config.KEY=VALUE` overrides as given."""
-  parser = _Parser(prog='launch/torch_compare.py', description=__doc__.splitlines()[0])
-  parser.add_argument('--config', required=True, help='recipe configs/NAME.py[:ARG] (method simclr)')
-  parser.add_argument('--steps', type=int, default=20, help='timed steps after 2 warm-up steps')
-  parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'),
-                      help="PyTorch's device; auto: cuda when available")
-  parser.add_argument('--out', default='', help='also write every field to this JSON file')
-  args, overrides = parser.parse_known_args(argv)
-  if args.steps < 1:
-    raise UserError(f'--steps={args.steps} must be at least 1')
-  if args.out and not pathlib.Path(args.out).resolve().parent.is_dir():
-    raise UserError(f'--out={args.out}: its directory does not exist')
-  for flag in overrides:
-    if not flag.startswith('--config.') or '=' not in flag:
-      raise UserError(f'unknown argument {flag!r}; config fields are set as --config.KEY=VALUE')
-  return args, overrides
-
-
-def load_config(spec: str, overrides: list):
-  """The recipe with the overrides applied, exactly as ssl_jax.bench reads them; UserError unless supported."""
-  config = recipes.load(spec)
-  for flag in overrides:
-    recipes.override(config, flag[len('--config.'):])
-  config_schema.validate(config)  # types and ranges, as ssl_jax.main checks them before it runs
-  check_supported(config)
-  return config
 
 
 def check_supported(config) -> None:
@@ -172,26 +117,6 @@ def check_supported(config) -> None:
   for refused, message in refusals:
     if refused:
       raise UserError(message)
-
-
-# ----------------------------------------------------------------------------------------------- ssl_jax
-
-
-def run_ssl_jax(spec: str, overrides: list, steps: int) -> dict:
-  """ssl_jax.bench's synthetic-mode results for the recipe, from a subprocess (see the module docstring)."""
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (str(_ROOT), env.get('PYTHONPATH', '')) if p)
-  with tempfile.TemporaryDirectory() as tmp:
-    out = pathlib.Path(tmp) / 'bench.json'
-    cmd = [sys.executable, '-m', 'ssl_jax.bench', '--config', spec, *overrides, '--steps', str(steps),
-           '--out', str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode == 2:  # bad input: its own one-line message
-      errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')] or ['ssl_jax.bench: bad input']
-      raise UserError(errors[-1].removeprefix('error: '))
-    if proc.returncode != 0:
-      raise StepFailed(f'ssl_jax.bench failed (exit {proc.returncode}); its last output:\n{proc.stderr[-3000:]}')
-    return json.loads(out.read_text())
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -474,17 +399,17 @@ def make_views(images, config, mean, std, channels_last: bool):
 # ----------------------------------------------------------------------------------------------- loss, optimizer
 
 
-def nt_xent(z, batch_size: int, num_views: int, loss_cfg):
+def nt_xent(z, batch_size: int, num_views: int, temperature: float, reduction: str):
   """SimCLR's loss on view-major projections (V·B, P): every other row in the softmax, the other views positive."""
   z = F.normalize(z, dim=1)
   rows = z.shape[0]
   eye = torch.eye(rows, dtype=torch.bool, device=z.device)
-  log_prob = (z @ z.T / loss_cfg.temperature).masked_fill(eye, float('-inf')).log_softmax(dim=1)
+  log_prob = (z @ z.T / temperature).masked_fill(eye, float('-inf')).log_softmax(dim=1)
   ids = torch.arange(batch_size, device=z.device).repeat(num_views)
   positive = (ids[:, None] == ids[None, :]) & ~eye
   # Mean over each anchor's positives of log p (V = 2: its one partner); the diagonal's -inf is masked out.
   per_anchor = log_prob.masked_fill(~positive, 0.0).sum(dim=1) / positive.sum(dim=1).clamp(min=1)
-  if loss_cfg.reduction == 'log_of_mean':
+  if reduction == 'log_of_mean':
     return -(torch.logsumexp(per_anchor, dim=0) - math.log(rows))
   return -per_anchor.mean() if num_views > 1 else z.sum() * 0.0  # one view: no positives, loss 0 (ssl_jax)
 
@@ -565,6 +490,16 @@ def _global_norm(tensors):
   return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
+def _forward(model, views, batch_size: int, num_views: int, bf16: bool, *, temperature: float, reduction: str,
+             device_type: str):
+  """(loss, projections): the encoder under bf16 autocast when `bf16`, the projector and the loss in float32
+  (as ssl_jax's heads and loss); the part of the step that torch.compile compiles."""
+  with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
+    h = model.encoder(views)
+  z = model.projector(h)
+  return nt_xent(z, batch_size, num_views, temperature, reduction), z
+
+
 def train_step(model, opt, images, config, ctx) -> dict:
   """Views, forward (the encoder under bf16 autocast when ctx['bf16']), loss, backward, optimizer: one SimCLR
   step; returns its monitors as device tensors (nothing is copied to the host)."""
@@ -572,10 +507,7 @@ def train_step(model, opt, images, config, ctx) -> dict:
   with torch.no_grad():
     views = make_views(images, config, ctx['mean'], ctx['std'], ctx['channels_last'])
   opt.zero_grad(set_to_none=True)
-  with torch.autocast(device_type=ctx['device'].type, dtype=torch.bfloat16, enabled=ctx['bf16']):
-    h = model.encoder(views)
-  z = model.projector(h)  # float32, outside autocast: ssl_jax's heads and loss stay float32
-  loss = nt_xent(z, b, v, config.loss)
+  loss, z = ctx['forward'](model, views, b, v, ctx['bf16'])
   loss.backward()
   grad_norm = _global_norm([p.grad for p in model.parameters() if p.grad is not None])
   opt.step()
@@ -592,7 +524,7 @@ def train_step(model, opt, images, config, ctx) -> dict:
 def _setup(config, device):
   """(model, optimizer, images, ctx) for the PyTorch step on `device`."""
   torch.manual_seed(config.seed)
-  shape = tuple(bench.synthetic_like(config).data.synthetic_shape)  # the recipe's (H, W, C), as the bench's
+  shape = tuple(benchmark.synthetic_like(config).data.synthetic_shape)  # the recipe's (H, W, C), as ssl_jax's
   cuda = device.type == 'cuda'
   bf16 = config.model.dtype == 'bfloat16' or (config.model.dtype == 'auto' and cuda)
   if cuda:
@@ -603,106 +535,83 @@ def _setup(config, device):
     model = model.to(memory_format=torch.channels_last)
   mean, std = (_channel_constant(tuple(s), device) for s in data.image_stats('synthetic', shape[2]))
   images = torch.randint(0, 256, (config.batch_size, *shape), dtype=torch.uint8, device=device)
-  ctx = {'device': device, 'bf16': bf16, 'channels_last': cuda, 'mean': mean, 'std': std}
+  forward = functools.partial(_forward, temperature=float(config.loss.temperature),
+                              reduction=str(config.loss.reduction), device_type=device.type)
+  ctx = {'device': device, 'bf16': bf16, 'channels_last': cuda, 'mean': mean, 'std': std, 'forward': forward,
+         'execution': 'eager'}
   return model, build_optimizer(config, model), images, ctx
 
 
-def run_torch(config, *, steps: int, device) -> dict:
-  """Times the PyTorch step as ssl_jax.bench times its own: 2 warm-up steps, median of `steps` steps."""
-  model, opt, images, ctx = _setup(config, device)
+def _timed(model, opt, images, config, ctx, steps: int) -> tuple[list, float, dict]:
+  """(seconds of each step after the warm-up, the first step's seconds, the last step's monitors)."""
   times = []
-  for i in range(_WARMUP_STEPS + steps):
-    _sync(device)
+  for _ in range(benchmark.WARMUP_STEPS + steps):
+    _sync(ctx['device'])
     started = time.perf_counter()
     metrics = train_step(model, opt, images, config, ctx)
-    _sync(device)
-    if i >= _WARMUP_STEPS:
-      times.append(time.perf_counter() - started)
+    _sync(ctx['device'])
+    times.append(time.perf_counter() - started)
+  return times[benchmark.WARMUP_STEPS:], times[0], metrics
+
+
+def run_torch(config, *, steps: int, device, compile_model: bool) -> dict:
+  """Times the PyTorch step as ssl_jax.benchmark times its own: 2 warm-up steps, median of `steps` steps.
+
+  With `compile_model`, the forward pass and loss run under torch.compile; when that fails (no compiler on
+  the machine, an unsupported op), the step runs eagerly and the notes say why.
+  """
+  model, opt, images, ctx = _setup(config, device)
+  notes = []
+  if compile_model:
+    try:
+      ctx.update(forward=torch.compile(ctx['forward']), execution='torch.compile')
+      times, first_s, metrics = _timed(model, opt, images, config, ctx, steps)
+    except Exception as e:  # pylint: disable=broad-except  (any failure of the compiler: eager instead)
+      notes.append(f'torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); eager')
+      model, opt, images, ctx = _setup(config, device)
+  if ctx['execution'] == 'eager':
+    times, first_s, metrics = _timed(model, opt, images, config, ctx, steps)
   loss = float(metrics['loss'])
   if not math.isfinite(loss):
-    raise StepFailed(f'the PyTorch step produced a non-finite loss ({loss})')
+    raise benchmark.TorchFailed(f'the PyTorch step produced a non-finite loss ({loss})')
   step_s = statistics.median(times)
   views = config.num_views
   cuda = device.type == 'cuda'
-  name = torch.cuda.get_device_name(device) if cuda else f'cpu ({torch.get_num_threads()} threads)'
-  return {'torch_version': torch.__version__, 'device': device.type, 'device_name': name,
+  how = {'lars': 'our multi-tensor LARS, as optax.lars'}.get(config.optimizer.name,
+                                                             f'torch.optim, as optax.{config.optimizer.name}')
+  notes.append(f'PyTorch: {config.optimizer.name} ({how}) at the peak learning rate; ssl_jax: one XLA program '
+               'with its learning-rate schedule. Every difference: the docstring of ssl_jax/torch_simclr.py.')
+  return {'torch_version': torch.__version__, 'device': device.type,
+          'device_name': torch.cuda.get_device_name(device) if cuda else f'cpu ({torch.get_num_threads()} threads)',
           'dtype': 'bf16' if ctx['bf16'] else 'float32', 'channels_last': ctx['channels_last'],
-          'cudnn_benchmark': cuda, 'batch_size': config.batch_size, 'views_per_example': views,
-          'step_s': step_s, 'views_per_s': config.batch_size * views / step_s,
+          'execution': ctx['execution'], 'batch_size': config.batch_size, 'views_per_example': views,
+          'compile_s': first_s, 'step_s': step_s, 'views_per_s': config.batch_size * views / step_s,
           'images_per_s': config.batch_size / step_s, 'last_loss': loss,
           'params': sum(p.numel() for p in model.parameters()),
-          'peak_bytes': torch.cuda.max_memory_allocated(device) if cuda else None}
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-
-def _jax_dtype(config, backend: str) -> str:
-  """The compute dtype ssl_jax used: model.dtype, 'auto' = bf16 on GPU/TPU (ssl_jax/models/precision.py)."""
-  from ssl_jax.models.precision import compute_dtype  # pylint: disable=g-import-not-at-top
-  return 'bf16' if compute_dtype(config.model.dtype, backend).name == 'bfloat16' else 'float32'
-
-
-def notes(config, jx: dict, pt: dict) -> list:
-  """What a reader of the table should know: the implementation choices and any mismatch of the two runs."""
-  name = config.optimizer.name
-  how = 'our multi-tensor LARS, as optax.lars' if name == 'lars' else f'torch.optim, as optax.{name}'
-  out = [f'PyTorch eager, {name} ({how}) at the peak learning rate; ssl_jax: one XLA program with its '
-         'learning-rate schedule. Every difference: the docstring of launch/torch_compare.py.']
-  if jx['devices'] != 1:
-    out.append(f'ssl_jax ran on {jx["devices"]} devices and PyTorch on one: the ratio is not per device.')
-  if {'gpu': 'cuda', 'cuda': 'cuda'}.get(jx['backend'], jx['backend']) != pt['device']:
-    out.append(f'the two ran on different platforms (JAX: {jx["backend"]}, PyTorch: {pt["device"]}).')
-  if jx['views_per_example'] != pt['views_per_example'] or jx['batch_size'] != pt['batch_size']:
-    out.append('the batch or the views per example differ between the two runs.')
-  return out
-
-
-def markdown(config, spec: str, jx: dict, pt: dict) -> str:
-  """The comparison table, the ratio line and the notes."""
-  jax_dtype = _jax_dtype(config, jx['backend'])
-  rows = [('ssl_jax (jit, ' + jax_dtype + ')', f'{jx["devices"]} × {jx["device_kind"]}',
-           f'jax {jx["jax_version"]}', jx),
-          (f'PyTorch (eager, {pt["dtype"]}, channels_last {"yes" if pt["channels_last"] else "no"})',
-           f'1 × {pt["device_name"]}', f'torch {pt["torch_version"]}', pt)]
-  lines = [f'Recipe `{spec}`: median of the timed steps after {_WARMUP_STEPS} warm-up steps, each synchronised.',
-           '', '| framework | device | versions | batch × views | step | views/s |', '|---|---|---|---|---|---|']
-  for name, device, versions, r in rows:
-    lines.append(f'| {name} | {device} | {versions} | {r["batch_size"]} × {r["views_per_example"]} | '
-                 f'{r["step_s"] * 1e3:.1f} ms | {r["views_per_s"]:.1f} |')
-  lines += ['', f'ssl_jax / PyTorch views/s: {jx["views_per_s"] / pt["views_per_s"]:.2f}', '']
-  lines += [f'Note: {n}' for n in notes(config, jx, pt)]
-  return '\n'.join(lines)
+          'peak_bytes': torch.cuda.max_memory_allocated(device) if cuda else None, 'notes': notes}
 
 
 def main(argv=None) -> int:
-  """The command line (see the module docstring); returns the exit code."""
+  """`python -m ssl_jax.torch_simclr --config SPEC [--config.a.b=V ...] --steps N --out FILE.json`: the child
+  process of `ssl_jax.benchmark --torch`; returns the exit code."""
+  parser = argparse.ArgumentParser(prog='python -m ssl_jax.torch_simclr', description=__doc__.splitlines()[0])
+  parser.add_argument('--config', required=True)
+  parser.add_argument('--steps', type=int, required=True)
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
+  args, flags = parser.parse_known_args(argv)
   try:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    config = load_config(args.config, overrides)
+    config = recipes.load_with(args.config, recipes.split_overrides(flags)['config'])
+    config_schema.validate(config)
+    check_supported(config)
     if torch is None:
-      print(NO_TORCH, file=sys.stderr)
-      return 2
+      raise UserError('PyTorch is not installed; pip install torch (optional: only --torch needs it)')
     device = _device(args.device)
-    spec = ' '.join([args.config, *overrides])
-    print(f'ssl_jax: python -m ssl_jax.bench --config {spec} --steps {args.steps} (a subprocess) ...',
-          file=sys.stderr)
-    jx = run_ssl_jax(args.config, overrides, args.steps)
-    print(f'PyTorch {torch.__version__} on {device.type}: {args.steps} steps ...', file=sys.stderr)
-    pt = run_torch(config, steps=args.steps, device=device)
-  except UserError as e:
+    results = run_torch(config, steps=args.steps, device=device, compile_model=device.type == 'cuda')
+  except (UserError, benchmark.TorchFailed) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 2
-  except StepFailed as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  table = markdown(config, spec, jx, pt)
-  print(table)
-  if args.out:
-    result = {'recipe': spec, 'steps': args.steps, 'warmup_steps': _WARMUP_STEPS, 'ssl_jax': jx, 'pytorch': pt,
-              'ratio_views_per_s': jx['views_per_s'] / pt['views_per_s'], 'notes': notes(config, jx, pt),
-              'markdown': table}
-    pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+    return 2 if isinstance(e, UserError) else 1
+  pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
   return 0
 
 

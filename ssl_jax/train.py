@@ -12,7 +12,7 @@ import json
 import os
 import pathlib
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from flax import nnx, struct
@@ -139,6 +139,67 @@ def make_train_step(graphdef, tx, schedule, method, config, resolution: int, tot
   return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a run's steps are built from (`setup`)."""
+  graphdef: Any                    # the model's structure (nnx.GraphDef), for the evaluators
+  state: TrainState                # the initial state, on the mesh
+  step_for: Callable[[int], Any]   # view resolution -> the jitted train step (built on its first call)
+
+
+def setup(config, mesh, method, run_plan: stages.Plan, *, steps_per_epoch: int, in_channels: int,
+          num_classes: int) -> Setup:
+  """The run's model, optimizer, method state and online probe, the state on the mesh, and its steps.
+
+  The trainer's own setup, shared with `python -m ssl_jax.benchmark`: the benchmarked step is the trained one.
+
+  Args:
+    config: the run's checked ConfigDict (`config_schema.validate`, `check_run`).
+    mesh: the device mesh (`sharding.make_mesh`).
+    method: `methods.get_method(config)`.
+    run_plan: the run's stages (`stages.plan`).
+    steps_per_epoch: full global batches per epoch of the training split.
+    in_channels: channels of the training images.
+    num_classes: classes of the training split; the online probe runs when config.probe.enabled and there
+      are labels (more than one class).
+
+  Returns:
+    The Setup.
+  """
+  total_steps = run_plan.total_steps
+  progress.note(f'building the model: {config.method}, {config.model.name}, {total_steps} steps')
+  model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
+  _check_resolution(model, config, stages.image_sizes(config))
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  # One optimizer (and learning-rate schedule) per segment of stages that restart it (ssl_jax/stages.py).
+  tx, schedule = optim.create_staged_optimizer(run_plan.optimizer_segments(), batch_size=config.batch_size,
+                                               steps_per_epoch=steps_per_epoch)
+  probe, probe_tx = {}, None
+  if config.probe.enabled and num_classes > 1:  # on whenever the training data have labels
+    probe, probe_tx = online_probe.create(model.encoder.out_dim, num_classes, config.probe,
+                                          total_steps=total_steps)
+
+  # Shard the state onto the mesh: everything replicated; only batches are split over `data`.
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params), extra=method.init_extra(model, config), probe=probe,
+                     rng=jax.random.key_data(jax.random.key(config.seed)))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+
+  # Jitted step: one per view resolution (multi-resolution runs reuse them).
+  steps = {}
+
+  def step_for(resolution):
+    if resolution not in steps:  # compiled on its first call: a stage switch pauses the run for it
+      stage = f' for the stage at {resolution} px' if steps else f' ({resolution} px)'
+      progress.note(f'compiling the training step{stage}; the first step waits for it')
+      steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, total_steps,
+                                          probe_tx, state_sharding, mesh)
+    return steps[resolution]
+
+  return Setup(graphdef, state, step_for)
+
+
 def _log(pending: list, writer: MetricWriter, image_size: int, data_metrics: dict,
          collapse: CollapseMonitor) -> None:
   """Writes the mean of the buffered metrics (lr and image size of the last step) and empties the buffer.
@@ -252,36 +313,10 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   total_steps, resolution_at = run_plan.total_steps, run_plan.image_size_at
   in_channels = train_source.image_shape[-1] if train_source.image_shape else 3
 
-  # Model, optimizer, method.
-  progress.note(f'building the model: {config.method}, {config.model.name}, {total_steps} steps')
-  model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
-  _check_resolution(model, config, stages.image_sizes(config))
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  # One optimizer (and learning-rate schedule) per segment of stages that restart it (ssl_jax/stages.py).
-  tx, schedule = optim.create_staged_optimizer(run_plan.optimizer_segments(), batch_size=config.batch_size,
-                                               steps_per_epoch=steps_per_epoch)
-  probe, probe_tx = {}, None
-  if config.probe.enabled and train_source.num_classes > 1:  # on whenever the training data have labels
-    probe, probe_tx = online_probe.create(model.encoder.out_dim, train_source.num_classes, config.probe,
-                                          total_steps=total_steps)
-
-  # Shard the state onto the mesh: everything replicated; only batches are split over `data`.
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=tx.init(params), extra=method.init_extra(model, config), probe=probe,
-                     rng=jax.random.key_data(jax.random.key(config.seed)))
-  state = jax.device_put(state, sharding.replicated(mesh))
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-
-  # Jitted step: one compiled step per view resolution (multi-resolution runs reuse them).
-  steps = {}
-
-  def step_for(resolution):
-    if resolution not in steps:  # compiled on its first call: a stage switch pauses the run for it
-      stage = f' for the stage at {resolution} px' if steps else f' ({resolution} px)'
-      progress.note(f'compiling the training step{stage}; the first step waits for it')
-      steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, total_steps,
-                                          probe_tx, state_sharding, mesh)
-    return steps[resolution]
+  # Model, optimizer, method; the state sharded onto the mesh; the jitted step per view resolution.
+  run = setup(config, mesh, method, run_plan, steps_per_epoch=steps_per_epoch, in_channels=in_channels,
+              num_classes=train_source.num_classes)
+  state, step_for = run.state, run.step_for
 
   # Restore.
   restored = ckpt.restore(state)  # the newest usable checkpoint; broken ones are moved aside with a warning
@@ -295,7 +330,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   if config.eval_every_steps or config.eval.final:
     progress.note(f'opening the evaluation splits: {config.data.train_split!r} (kNN bank) and '
                   f'{config.data.eval_split!r}')
-    evaluator = frozen.FrozenEncoderEval(config, method, graphdef, mesh, in_channels=in_channels)
+    evaluator = frozen.FrozenEncoderEval(config, method, run.graphdef, mesh, in_channels=in_channels)
 
   # Loop.
   workdir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The launchers (launch/gpu.sh, launch/tpu_pod.sh) in dry-run mode, and the multi-process settings."""
 import os
 import pathlib
+import runpy
 import subprocess
 
 import pytest
@@ -134,3 +135,28 @@ def test_a_bad_recipe_is_refused_before_anything_is_created(script, args):
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert proc.returncode == 2 and len(errors) == 1 and not proc.stdout, proc.stderr  # no gcloud, no pip
   assert ('nope.py does not exist' in errors[0]) != ('runlocal=' in errors[0] and 'true or false' in errors[0])
+
+
+def test_sweep_puts_the_recipe_and_its_framework_on_grid_axes(capsys):
+  sweep = runpy.run_path(str(ROOT / 'launch' / 'sweep.py'))  # a script, not a module of the package
+  runs = sweep['plan']('fusion_cifar:runlocal,synthetic', ['config:framework=simclr,byol', 'seed=0,1'],
+                       ['--config.total_steps=2'])
+  assert [name for name, _, _ in runs] == [
+      'config:framework=simclr,seed=0', 'config:framework=simclr,seed=1', 'config:framework=byol,seed=0',
+      'config:framework=byol,seed=1']
+  assert [(c.method, c.seed, c.total_steps) for _, _, c in runs] == [
+      ('simclr', 0, 2), ('simclr', 1, 2), ('byol', 0, 2), ('byol', 1, 2)]
+  # The recipe itself as an axis; a quoted value keeps its commas.
+  grid = "config='rotation_digits:runlocal,rotation=false',simclr_digits:runlocal"
+  assert sweep['main'](['--config', 'unused', '--grid', grid, '--workdir', 'w', '--print']) == 0
+  commands = capsys.readouterr().out.splitlines()
+  assert [c.split(' --workdir ')[0] for c in commands] == [
+      'python -m ssl_jax.main --config rotation_digits:runlocal,rotation=false',
+      'python -m ssl_jax.main --config simclr_digits:runlocal']
+  assert commands[0].endswith('--workdir w/config=rotation_digits_runlocal_rotation_false')
+  # Bad axes, a bad baseline and the old override dialect: one line, exit 2, before anything runs.
+  for argv in (['--grid', 'config:nope=1,2'], ['--grid', 'seed=0,1', '--baseline', 'seed=2'],
+               ['--grid', 'seed=0,1', '--set', 'seed=3']):
+    assert sweep['main'](['--config', 'simclr_digits:runlocal', '--workdir', 'w', *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err

@@ -1,8 +1,9 @@
 """Rotation add-on: the rotation op, the CE, the loss composition, isolation from the SSL loss, the trainer
-on 1 vs 8 devices, the recipes, and the `ssl_jax.compare` efficiency tool."""
+on 1 vs 8 devices, the recipes, and time to accuracy through the sweep and `ssl_jax.report`."""
 import dataclasses
 import json
 import pathlib
+import runpy
 
 from flax import nnx
 import jax
@@ -13,7 +14,7 @@ from scipy import ndimage
 
 from configs import (byol_cifar10, rotation_cifar, rotation_digits, rotation_imagenet100, selfcon_digits,
                      simsiam_cifar10)
-from ssl_jax import compare, config_schema, losses, methods, recipes, train
+from ssl_jax import config_schema, losses, methods, recipes, report, train
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.methods import byol, rotation
@@ -243,7 +244,7 @@ def test_recipes_reproduce_the_papers_grid():
 
 # ----------------------------------------------------------------------------------------------- trainer
 # The runlocal recipe for SimCLR + rotation (w = 1.0) on 16-px synthetic data with a one-stage encoder (fast
-# to compile: the devices, the trainer and the add-on are what is tested). The compare tool's test trains the
+# to compile: the devices, the trainer and the add-on are what is tested). The sweep's test trains the
 # same config again, so its candidate run reuses this compiled step through the persistent cache.
 _SPEC = f'{ROOT}/configs/rotation_cifar.py:framework=simclr,runlocal,synthetic'
 _TINY = ['model.num_stages=1', 'total_steps=3', 'log_every_steps=1', 'data.synthetic_examples=64',
@@ -277,7 +278,7 @@ def test_runlocal_trains_end_to_end_and_one_device_equals_eight(tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------------------------- compare tool
+# ----------------------------------------------------------------------------------------------- time to accuracy
 def _fake_run(path, knn, *, step_time, results_top1, eval_time=5.0):
   """A run dir: log records every 2 steps, kNN records at the given steps (eval_time each), results.json."""
   path.mkdir(parents=True)
@@ -294,49 +295,58 @@ def _fake_run(path, knn, *, step_time, results_top1, eval_time=5.0):
   return path
 
 
-def test_compare_finds_the_first_step_reaching_the_baselines_final_accuracy(tmp_path):
+def test_report_finds_the_first_step_reaching_the_baselines_final_accuracy(tmp_path):
   base = _fake_run(tmp_path / 'baseline', {4: 0.30, 8: 0.52}, step_time=1.0, results_top1=0.55)
   cand = _fake_run(tmp_path / 'candidate', {4: 0.56, 8: 0.70}, step_time=2.0, results_top1=0.72)
-  curves = {'baseline': compare.knn_curve(base), 'candidate': compare.knn_curve(cand)}
+  curves = {'baseline': report.knn_curve(base), 'candidate': report.knn_curve(cand)}
   points, sps, steps = curves['candidate']
   # Compile and evaluation time left out: step k is at exactly k x the step time.
   assert sps == pytest.approx(2.0) and steps == 10
   assert [(p.step, p.seconds, p.top1) for p in points] == [(4, 8.0, 0.56), (8, 16.0, 0.70), (10, 20.0, 0.72)]
-  summary = compare.summarize(curves, {'baseline': 5, 'candidate': 5})
+  summary = report.time_to_accuracy(curves, 'baseline', {'baseline': 5, 'candidate': 5})
+  b, c = summary['runs']['baseline'], summary['runs']['candidate']
   assert summary['threshold'] == 0.55
-  assert summary['baseline']['reach_step'] == 10 and summary['candidate']['reach_step'] == 4
-  assert summary['candidate']['reach_epoch'] == pytest.approx(0.8)
-  assert summary['candidate']['reach_seconds'] == pytest.approx(8.0)
-  assert summary['baseline']['reach_seconds'] == pytest.approx(10.0)
-  assert summary['steps_fraction'] == pytest.approx(0.4) and summary['step_time_ratio'] == pytest.approx(2.0)
-  assert compare.first_reaching(points, 0.9) is None
-  md = compare.markdown(summary, {'baseline': 'A', 'candidate': 'B'})
+  assert b['reach_step'] == 10 and c['reach_step'] == 4
+  assert c['reach_epoch'] == pytest.approx(0.8)
+  assert c['reach_seconds'] == pytest.approx(8.0)
+  assert b['reach_seconds'] == pytest.approx(10.0)
+  assert c['steps_fraction'] == pytest.approx(0.4) and c['step_time_ratio'] == pytest.approx(2.0)
+  assert report.first_reaching(points, 0.9) is None
+  md = report.time_to_accuracy_markdown(summary)
   assert '| first step reaching the baseline\'s final 55.00% | 10 (epoch 2) | 4 (epoch 0.8) |' in md
+  # The CLI: the same table from the run directories (no epochs: the report reads no data).
+  assert report.main([str(cand), '--baseline', str(base), '--out', str(tmp_path / 'out')]) == 0
+  assert '| 10 | 4 |' in (tmp_path / 'out' / 'time_to_accuracy.md').read_text()
 
 
-def test_compare_cli_trains_both_and_reports(tmp_path, capsys):
-  assert compare.main(['--workdir', str(tmp_path / 'bad'), '--baseline', _SPEC, '--candidate', _SPEC,
-                       '--set', 'rotation.weigth=1']) == 2
+def test_sweep_trains_a_baseline_and_a_candidate_and_reports_time_to_accuracy(tmp_path, capsys):
+  sweep_main = runpy.run_path(str(ROOT / 'launch' / 'sweep.py'))['main']  # a script, not in the package
+  assert sweep_main(['--config', _SPEC, '--grid', 'config:rotation=false,true', '--workdir', str(tmp_path / 'bad'),
+                     '--baseline', 'config:rotation=false', '--config.rotation.weigth=1']) == 2
   assert 'rotation.weigth' in capsys.readouterr().err and not (tmp_path / 'bad').exists()
   # The rotation add-on against its framework, kNN after every step, as the digits measurement does.
-  argv = ['--workdir', str(tmp_path / 'cmp'), '--baseline', _SPEC, '--candidate', _SPEC, '--set', *_TINY,
-          'eval_every_steps=1', 'eval.final=True', 'eval.compare_random_init=False',
-          '--baseline_set', 'rotation.enabled=False']
-  assert compare.main(argv) == 0
-  out = capsys.readouterr().out
-  assert '| steps trained | 3 | 3 |' in out and 'step time, candidate / baseline' in out
-  summary = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())
-  final = {name: json.loads((tmp_path / 'cmp' / name / 'results.json').read_text())['knn_top1']
-           for name in recipes.PAIR}
-  for name in recipes.PAIR:
+  argv = ['--config', _SPEC, '--grid', 'config:rotation=false,true', '--workdir', str(tmp_path / 'cmp'),
+          '--baseline', 'config:rotation=false', *[f'--config.{a}' for a in _TINY],
+          '--config.eval_every_steps=1', '--config.eval.final=True', '--config.eval.compare_random_init=False']
+  assert sweep_main(argv + ['--config.eval_every_steps=0']) == 2   # no kNN curve: refused before any run
+  assert 'eval_every_steps' in capsys.readouterr().err and not (tmp_path / 'cmp').exists()
+  assert sweep_main(argv) == 0
+  capsys.readouterr()
+  names = {'baseline': 'config:rotation=false', 'candidate': 'config:rotation=true'}
+  out = (tmp_path / 'cmp' / 'time_to_accuracy.md').read_text()
+  assert '| steps trained | 3 | 3 |' in out and 'step time / the baseline\'s' in out
+  summary = json.loads((tmp_path / 'cmp' / 'time_to_accuracy.json').read_text())
+  final = {role: json.loads((tmp_path / 'cmp' / name / 'results.json').read_text())['knn_top1']
+           for role, name in names.items()}
+  for role, name in names.items():
     records = map(json.loads, open(tmp_path / 'cmp' / name / 'metrics.jsonl'))
     knn = [(r['step'], r['knn_top1']) for r in records if 'knn_top1' in r]
     assert [s for s, _ in knn] == [1, 2]
-    reached = [s for s, top1 in knn + [(3, final[name])] if top1 >= final['baseline']]
-    assert summary[name]['reach_step'] == (reached[0] if reached else None)
+    reached = [s for s, top1 in knn + [(3, final[role])] if top1 >= final['baseline']]
+    assert summary['runs'][name]['reach_step'] == (reached[0] if reached else None)
   assert summary['threshold'] == final['baseline']
-  assert (tmp_path / 'cmp' / 'compare.png').stat().st_size > 1000
-  assert 'rotation_loss' in _records(tmp_path / 'cmp' / 'candidate')[0]
-  assert 'rotation_loss' not in _records(tmp_path / 'cmp' / 'baseline')[0]
-  assert compare.main(argv) == 0   # finished runs are reused, not trained again
-  assert 'not trained again' in capsys.readouterr().err
+  assert (tmp_path / 'cmp' / 'time_to_accuracy.png').stat().st_size > 1000
+  assert 'rotation_loss' in _records(tmp_path / 'cmp' / names['candidate'])[0]
+  assert 'rotation_loss' not in _records(tmp_path / 'cmp' / names['baseline'])[0]
+  assert sweep_main(argv) == 0   # finished runs are reused, not trained again
+  assert capsys.readouterr().out.count('done before, skipped') == 2
