@@ -7,8 +7,8 @@ Command (one GPU host; prepare the data first with
 The SimCLR baseline, identical except for the method (two augmented views, same loss, optimizer, schedule):
   python -m ssl_jax.main --config configs/repmix_cifar10.py:method=simclr --workdir /tmp/simclr_r20_cifar10
 Both, trained and compared by kNN against steps and wall-clock:
-  python -m ssl_jax.compare --workdir /tmp/repmix_vs_simclr \
-      --baseline configs/repmix_cifar10.py:method=simclr --candidate configs/repmix_cifar10.py
+  python launch/sweep.py --config configs/repmix_cifar10.py --grid 'config:method=simclr,repmix' \
+      --baseline config:method=simclr --workdir /tmp/repmix_vs_simclr
 Expected: not measured with ssl_jax (no accelerator so far). The paper's main tables could not be retrieved;
 its supplementary ablation (ResNet-20, CIFAR-10, this linear protocol) puts three weaker variants at 19.3%,
 61.8% and 61.8% linear top-1 and says the full method does better than all of them.

@@ -8,8 +8,8 @@ monitor runs every 25 steps, so both runs have accuracy curves against steps and
 periodic per-step cosine, τ 0.5, -log(mean p), LeakyReLU projector; the digits' views and head sizes stay).
 
 Command (trains both, then reports kNN against steps and against wall-clock):
-  python -m ssl_jax.compare --workdir /tmp/repmix_vs_simclr_digits \
-      --baseline configs/repmix_digits.py:method=simclr --candidate configs/repmix_digits.py
+  python launch/sweep.py --config configs/repmix_digits.py --grid 'config:method=simclr,repmix' \
+      --baseline config:method=simclr --workdir /tmp/repmix_vs_simclr_digits
 or one at a time:
   python -m ssl_jax.main --config configs/repmix_digits.py --workdir /tmp/repmix_digits
   python -m ssl_jax.main --config configs/repmix_digits.py:method=simclr --workdir /tmp/simclr_digits_rm

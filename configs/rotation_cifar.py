@@ -18,9 +18,8 @@ same with 'cifar100'):
       --workdir DIR2
 Both rows of one framework, and the steps each needs to reach the baseline's final kNN accuracy (the paper's
 efficiency claim: BYOL + rotation gets there in about a third of the epochs, its Fig. 2):
-  python -m ssl_jax.compare --workdir /tmp/rotation_cifar10_byol \
-      --baseline configs/rotation_cifar.py:framework=byol,rotation=false \
-      --candidate configs/rotation_cifar.py:framework=byol
+  python launch/sweep.py --config configs/rotation_cifar.py:framework=byol --grid 'config:rotation=false,true' \
+      --baseline config:rotation=false --workdir /tmp/rotation_cifar10_byol
 
 Expected: the PAPER'S figures (its NeurIPS'21 workshop version, Table 4: kNN with k = 200 / linear top-1;
 not measured with ssl_jax). kNN here is ssl_jax's monitor (`knn_top1_k200`, cosine, T 0.1); the linear

@@ -9,11 +9,12 @@ EMA rate from 0.99 to 1 on a cosine (not tuned for the digits). The rotation wei
 value (BYOL 0.2, SimCLR 1.0), 4 angles, head on the projector output. Digits are not rotation-invariant
 (a 6 turned by 180 degrees reads as a 9), which the task does not need: it predicts the turn, not the class.
 
-Command (2-core CPU; both runs one after the other, then DIR/compare.md and DIR/compare.png):
-  python -m ssl_jax.compare --workdir /tmp/rotation_digits \
-      --baseline configs/rotation_digits.py:rotation=false --candidate configs/rotation_digits.py
-(`:framework=simclr` on both for SimCLR.) It reports each run's final kNN top-1, the first step at which
-each reaches the baseline's final kNN top-1, the wall-clock to get there and the step-time ratio.
+Command (2-core CPU; both runs one after the other, then DIR/time_to_accuracy.md and .png):
+  python launch/sweep.py --config configs/rotation_digits.py --grid 'config:rotation=false,true' \
+      --baseline config:rotation=false --workdir /tmp/rotation_digits
+(`--config configs/rotation_digits.py:framework=simclr` for SimCLR.) It reports each run's final kNN top-1,
+the first step at which each reaches the baseline's final kNN top-1, the wall-clock to get there and the
+step-time ratio.
 Expected (measured with ssl_jax, one run each, 2-core CPU; README "Rotation prediction"): final kNN / linear
 top-1 SimCLR 81.3 / 90.7 without rotation, 76.3 / 85.7 with it (1.89x the time per step: 0.97 s vs 1.84 s);
 BYOL 47.3 / 51.7 without, 45.0 / 61.7 with it: BYOL does not learn in this short untuned setting (its kNN
