@@ -110,15 +110,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.rotation = ml_collections.ConfigDict(dict(
       enabled=False, weight=0.1, num_angles=4, head_on='projector', hidden_dim=0))
 
-  # Batch fusion (BA-SSL, our reading; ssl_jax/models/fusion.py): x + α·fuse(x) on each view's batch before
-  # the encoder, in pre-training only. Groups of group_size consecutive samples of the global batch;
-  # num_layers=0: no embedding layer (fusion off); gate 'learned' (α from gate_init) or 'schedule' (α rises
-  # to gate_max over the run); share_groups: both views use the same group partners (off by default: the loss
-  # can then be solved through the partners' content, see ssl_jax/methods/fusion.py); placement: 'input'
-  # (the images) or 'stem' (the stem's output).
+  # Batch fusion (BA-SSL / CDOA; ssl_jax/models/fusion.py, ssl_jax/methods/fusion.py), pre-training only.
+  # variant 'released' (the authors' code: groups of group_size consecutive examples of the global batch as
+  # the channels of one (patches, patch values) tensor, num_blocks conv blocks of hidden width `width`, an
+  # outer residual, no gate) or 'gated' (our earlier reading; it also reads kernel_size, norm, activation,
+  # gate, gate_init, gate_max). num_blocks=0: no module. patch_size: 16 in the code at 224 px; unknown for
+  # small images. views: 'second' (the code: view 2 only) or 'both'; share_groups: with both, the views use
+  # the same partners (off: independent, see ssl_jax/methods/fusion.py). placement: 'input' or 'stem'.
   c.fusion = ml_collections.ConfigDict(dict(
-      enabled=False, placement='input', patch_size=4, group_size=4, num_layers=2, width=128, kernel_size=3,
-      norm='layer', activation='gelu', gate='learned', gate_init=0.0, gate_max=1.0, share_groups=False))
+      enabled=False, variant='released', placement='input', views='second', patch_size=16, group_size=128,
+      num_blocks=1, width=256, share_groups=False, kernel_size=3, norm='layer', activation='gelu',
+      gate='learned', gate_init=0.0, gate_max=1.0))
 
   # Online linear probe on stop-gradient encoder features, trained in the same step (only when labelled).
   c.probe = ml_collections.ConfigDict(dict(enabled=True, lr=0.1, momentum=0.9, weight_decay=0.0))

@@ -1,30 +1,33 @@
-r"""Batch fusion (BA-SSL, our reading) on the embedded digits: SimCLR or BYOL, with and without it, on CPU.
+r"""Batch fusion on the embedded digits: SimCLR or BYOL, with and without the module, on a CPU.
 
 The quickstart's setting (configs/simclr_digits.py: ResNet-18 with 16 base channels, 24-px views, batch 256,
-150 steps, SGD) with the fusion layer of ssl_jax/models/fusion.py (every choice there is a guess): 4x4
-patches (a 6x6 grid), groups of 4, 2 embedding layers of width 64. BYOL uses the same model, views, optimizer
-and budget, a 256-64 predictor and the EMA rate from 0.99 to 1 on a cosine (not tuned for the digits).
+150 steps, SGD). The module is the released code's (ssl_jax/models/fusion.py): groups of 128, one block of
+hidden width 256, view 2 only, fused after the input normalisation; 4x4 patches (36 patches of 48 values;
+the patch size for small images is unknown). BYOL uses the same model, views, optimizer and budget, a
+256-64 predictor and the EMA rate from 0.99 to 1 on a cosine (not tuned for the digits).
+`variant=gated` is our earlier reading (P 4, G 4, 2 layers of width 64, both views), whose measured table
+configs/fusion.md keeps.
 
-Commands (2-core CPU, about 2.5 minutes of training per run; both runs of a framework, then sweep.md):
+Commands (2-core CPU; both runs of a framework, then sweep.md):
   python launch/sweep.py --config configs/fusion_digits.py:framework=simclr \
       --grid 'fusion.enabled=False,True' --workdir /tmp/fusion_digits/simclr
   python launch/sweep.py --config configs/fusion_digits.py:framework=byol \
       --grid 'fusion.enabled=False,True' --workdir /tmp/fusion_digits/byol
-Expected (measured with ssl_jax, one run each, README "Batch fusion"): kNN / linear top-1 SimCLR 81.3 / 90.7
-without fusion, 76.3 / 88.0 with it; BYOL 47.3 / 51.7 without (it barely learns in this short setting),
-71.0 / 62.7 with it (α rose to 2.9).
+Expected: measured with ssl_jax in configs/fusion.md ("Measured on the digits"), one run each.
 
-Arguments (comma-separated): framework=simclr|byol, fusion=true|false, runlocal (seconds-long smoke run).
+Arguments (comma-separated): framework=simclr|byol, fusion=true|false, variant=released|gated, runlocal
+(seconds-long smoke run).
 """
 import ml_collections
 
 from configs import common, simclr_digits
+from ssl_jax.errors import UserError
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, runlocal=False, framework='simclr', fusion=True)
+  arg = common.parse_arg(arg, runlocal=False, framework='simclr', fusion=True, variant='released')
   if arg.framework not in ('simclr', 'byol'):
-    raise ValueError(f'framework={arg.framework!r}: use simclr or byol')
+    raise UserError(f'framework={arg.framework!r}: use simclr or byol')
   c = simclr_digits.get_config('runlocal' if arg.runlocal else None)
   if arg.framework == 'byol':
     c.method = 'byol'
@@ -34,8 +37,13 @@ def get_config(arg=None):
     c.ema = ml_collections.ConfigDict(dict(schedule='cosine', base=0.99, final=1.0))
     c.augment2 = ml_collections.ConfigDict(c.augment.to_dict())
   c.fusion.enabled = arg.fusion
-  c.fusion.patch_size = 4       # [guess]
-  c.fusion.group_size = 4       # [guess]
-  c.fusion.num_layers = 2       # [guess]
-  c.fusion.width = 16 if arg.runlocal else 64  # [guess]
+  c.fusion.patch_size = 4       # unknown for small images (the code: 16 at 224 px)
+  if arg.variant == 'released':
+    c.fusion.group_size = 8 if arg.runlocal else 128
+    c.fusion.width = 16 if arg.runlocal else 256
+  elif arg.variant == 'gated':  # every value a guess
+    c.fusion.update(dict(variant='gated', group_size=4, num_blocks=2, width=16 if arg.runlocal else 64,
+                         views='both'))
+  else:
+    raise UserError(f'variant={arg.variant!r}: use released or gated')
   return c

@@ -169,8 +169,10 @@ SCHEMA = {
                  'num_angles': Spec(int, choices=_from('ssl_jax.methods.rotation', 'ANGLE_SETS')),
                  'head_on': _choice(_from('ssl_jax.methods.rotation', 'HEAD_INPUTS'))},
     'fusion': {
-        'enabled': _BOOL, 'placement': _choice(_from('ssl_jax.methods.fusion', 'PLACEMENTS')),
-        'patch_size': _int(1), 'group_size': _int(1), 'num_layers': _int(0), 'width': _int(1),
+        'enabled': _BOOL, 'variant': _choice(_from('ssl_jax.models.fusion', 'VARIANTS')),
+        'placement': _choice(_from('ssl_jax.methods.fusion', 'PLACEMENTS')),
+        'views': _choice(_from('ssl_jax.methods.fusion', 'VIEWS')),
+        'patch_size': _int(1), 'group_size': _int(1), 'num_blocks': _int(0), 'width': _int(1),
         'kernel_size': _int(1), 'norm': _choice(_from('ssl_jax.models.fusion', 'NORMS')),
         'activation': _choice(_from('ssl_jax.models.fusion', 'ACTIVATIONS')),
         'gate': _choice(_from('ssl_jax.models.fusion', 'GATES')), 'gate_init': _float(),
