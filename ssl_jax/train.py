@@ -194,7 +194,7 @@ def setup(config, mesh, method, run_plan: stages.Plan, *, steps_per_epoch: int, 
       stage = f' for the stage at {resolution} px' if steps else f' ({resolution} px)'
       progress.note(f'compiling the training step{stage}; the first step waits for it')
       steps[resolution] = make_train_step(graphdef, tx, schedule, method, config, resolution, total_steps,
-                                          probe_tx, state_sharding, mesh)
+                                          probe_tx, state_sharding, mesh, steps_per_epoch)
     return steps[resolution]
 
   return Setup(graphdef, state, step_for)
