@@ -16,7 +16,7 @@ Commands (2-core CPU; both runs of a framework, then sweep.md):
 Expected: measured with ssl_jax in configs/fusion.md ("Measured on the digits"), one run each.
 
 Arguments (comma-separated): framework=simclr|byol, fusion=true|false, variant=released|gated, runlocal
-(seconds-long smoke run).
+(seconds-long smoke run), synthetic (random images of the digits' size instead of the digits: the benchmark).
 """
 import ml_collections
 
@@ -25,7 +25,8 @@ from ssl_jax.errors import UserError
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, runlocal=False, framework='simclr', fusion=True, variant='released')
+  arg = common.parse_arg(arg, runlocal=False, synthetic=False, framework='simclr', fusion=True,
+                         variant='released')
   if arg.framework not in ('simclr', 'byol'):
     raise UserError(f'framework={arg.framework!r}: use simclr or byol')
   c = simclr_digits.get_config('runlocal' if arg.runlocal else None)
@@ -46,4 +47,7 @@ def get_config(arg=None):
                          views='both'))
   else:
     raise UserError(f'variant={arg.variant!r}: use released or gated')
+  if arg.synthetic:
+    common.use_synthetic(c)
+    c.data.synthetic_shape = (c.data.image_size, c.data.image_size, 1)  # grey, as the digits
   return c

@@ -441,7 +441,7 @@ def test_configs_build_and_validate():
   built += [fusion_imagenet100.get_config(f'framework={f},fusion={on}{extra}')
             for f in FRAMEWORKS for on in ('true', 'false') for extra in ('', ',runlocal')]
   built += [fusion_digits.get_config(f'framework={f}{extra}') for f in ('simclr', 'byol')
-            for extra in ('', ',runlocal', ',variant=gated')]
+            for extra in ('', ',runlocal', ',synthetic', ',variant=gated')]
   for c in built:
     config_schema.validate(c)
     methods.get_method(c)
