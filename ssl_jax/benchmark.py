@@ -21,7 +21,12 @@ Modes:
 Variable-size recipes (host crops) run in synthetic mode at data.image_size with the crop on the device.
 
 --baseline: the same measurements for a second recipe (its own overrides: --baseline.a.b=VALUE), then the
-ratios --config / --baseline of step time, memory and temporaries. E.g. SelfCon against SupCon (Bae et al.,
+ratios --config / --baseline of step time, memory and temporaries; in synthetic mode both steps are compiled
+first and then timed in turns (a step of one, a step of the other), so that a machine whose speed drifts
+slows both alike. --xla OPTION=VALUE sets an XLA debug option for --config's program only: the same recipe as
+--baseline then measures a compiler setting, e.g. YNNPACK's fusions off on the CPU:
+    python -m ssl_jax.benchmark --config simclr_digits --baseline simclr_digits \
+        --xla xla_cpu_experimental_ynn_fusion_type= --steps 10 E.g. SelfCon against SupCon (Bae et al.,
 AAAI 2023 report 59% of the memory and 48% of the time for ResNet-50 on ImageNet):
     python -m ssl_jax.benchmark --config selfcon_imagenet:synthetic \
         --baseline selfcon_imagenet:synthetic,variant=supcon --config.batch_size=256 --baseline.batch_size=256
@@ -98,11 +103,11 @@ class Built:
   views_per_example: int     # axis 1 of what the method's `make_views` returns
 
 
-def build(config, devices=None) -> Built:
+def build(config, devices=None, xla_options: dict | None = None) -> Built:
   """The recipe's train step as the trainer builds it (`train.setup`, the online probe off), compiled.
 
   Compiled for the recipe's first training batch, on a mesh over `devices` (default: all), after the
-  trainer's own input checks.
+  trainer's own input checks, with XLA's debug options `xla_options` ({name: value}) for this program only.
   """
   import jax  # pylint: disable=g-import-not-at-top  (JAX only once the flags are fine)
   from ssl_jax import config_schema, data, methods, sharding, stages, train  # pylint: disable=g-import-not-at-top
@@ -127,7 +132,12 @@ def build(config, devices=None) -> Built:
   batch = sharding.global_batch(batch, mesh)
   step = run.step_for(run_plan.image_size_at(0))
   started = time.perf_counter()
-  compiled = step.lower(run.state, batch).compile()
+  try:
+    compiled = step.lower(run.state, batch).compile(xla_options or None)
+  except jax.errors.JaxRuntimeError as e:
+    if not xla_options or 'option' not in str(e):
+      raise
+    raise UserError(f'--xla {xla_options}: {str(e).splitlines()[0]}') from None
   compile_s = time.perf_counter() - started
   ctx = methods.StepContext(config=config, resolution=run_plan.image_size_at(0), step=run.state.step,
                             total_steps=run_plan.total_steps, extra=run.state.extra)
@@ -182,15 +192,38 @@ def flops(compiled, devices: int) -> float:
 def measure_built(built: Built, steps: int, *, budget_s: float = math.inf) -> tuple[dict, object]:
   """Step time on the built batch (kept on the device), memory and FLOPs; returns (results, state)."""
   step_s, state, loss = time_steps(built.compiled, built.state, built.batch, steps, budget_s=budget_s)
+  return describe(built, step_s, loss), state
+
+
+def measure_interleaved(builts: dict, steps: int) -> dict:
+  """{name: results} of several built steps timed in turns (one step of each, then the next round), so that
+  a machine whose speed drifts (other work, clocks) slows them alike: the ratios are what is compared."""
+  import jax  # pylint: disable=g-import-not-at-top
+  states = {name: b.state for name, b in builts.items()}
+  times, losses = {name: [] for name in builts}, {name: float('nan') for name in builts}
+  for i in range(WARMUP_STEPS + steps if steps else 0):
+    for name, b in builts.items():
+      started = time.perf_counter()
+      states[name], metrics = b.compiled(states[name], b.batch)
+      jax.block_until_ready((states[name], metrics))
+      if i >= WARMUP_STEPS:
+        times[name].append(time.perf_counter() - started)
+      losses[name] = float(metrics['loss'])
+  median = lambda t: statistics.median(t) if t else float('nan')
+  return {name: {**describe(b, median(times[name]), losses[name]), 'step_times_s': times[name]}
+          for name, b in builts.items()}
+
+
+def describe(built: Built, step_s: float, loss: float) -> dict:
+  """The results of a built step timed at `step_s` seconds (its last loss `loss`): speed, memory, FLOPs."""
   batch_size, views = built.config.batch_size, built.views_per_example
   total = flops(built.compiled, built.mesh.size)
-  results = {
-      'compile_s': round(built.compile_s, 2), 'step_s': step_s, 'last_loss': loss, 'views_per_s': batch_size * views / step_s,
-      'images_per_s': batch_size / step_s, 'views_per_example': views, 'batch_size': batch_size,
-      'image_size': int(built.batch['image'].shape[1]), **memory(built.compiled),
-      'flops_per_step': total, 'tflops_per_s': total / step_s / 1e12, 'devices': built.mesh.size,
-      'device_kind': built.mesh.devices.flat[0].device_kind}
-  return results, state
+  return {
+      'compile_s': round(built.compile_s, 2), 'step_s': step_s, 'last_loss': loss,
+      'views_per_s': batch_size * views / step_s, 'images_per_s': batch_size / step_s,
+      'views_per_example': views, 'batch_size': batch_size, 'image_size': int(built.batch['image'].shape[1]),
+      **memory(built.compiled), 'flops_per_step': total, 'tflops_per_s': total / step_s / 1e12,
+      'devices': built.mesh.size, 'device_kind': built.mesh.devices.flat[0].device_kind}
 
 
 def measure_step(config, *, steps: int, devices=None, budget_s: float = math.inf) -> dict:
@@ -221,7 +254,8 @@ def measure_pipeline(config, *, steps: int) -> dict:
   return {'pipeline_images_per_s': len(first['image']) * steps / (time.perf_counter() - started)}
 
 
-def measure_end_to_end(config, *, steps: int, devices=None, budget_s: float = math.inf) -> dict:
+def measure_end_to_end(config, *, steps: int, devices=None, budget_s: float = math.inf,
+                       xla_options: dict | None = None) -> dict:
   """The step compiled for the real data, timed on one batch kept on the device, then fed by the pipeline.
 
   One compiled program serves both timings, so their ratio ('e2e_ratio') is the share of the device's speed
@@ -229,7 +263,7 @@ def measure_end_to_end(config, *, steps: int, devices=None, budget_s: float = ma
   """
   import jax  # pylint: disable=g-import-not-at-top
   from ssl_jax import sharding  # pylint: disable=g-import-not-at-top
-  built = build(config, devices)
+  built = build(config, devices, xla_options)
   results, state = measure_built(built, steps, budget_s=budget_s / 2)
   batches = _train_batches(config)
   for i in range(WARMUP_STEPS + steps):
@@ -255,32 +289,39 @@ def check_args(*, mode: str, steps: int, peak_tflops: float | None) -> None:
     raise UserError(f"--peak_tflops={peak_tflops} must be positive: one device's peak, e.g. 989 (H100, bf16)")
 
 
-def run(config, *, mode: str, steps: int, peak_tflops: float | None = None, devices=None) -> dict:
-  """The measurements of `mode` (one of MODES) for `config`; see the module docstring.
+def run(configs: dict, *, mode: str, steps: int, peak_tflops: float | None = None, devices=None,
+        xla_options: dict | None = None) -> dict:
+  """The measurements of `mode` (one of MODES) for each recipe; see the module docstring.
 
   Args:
-    config: the recipe's ConfigDict.
+    configs: {name: a recipe's ConfigDict}.
     mode: 'synthetic', 'pipeline' or 'end_to_end'.
     steps: timed steps (batches in pipeline mode); 0 in synthetic mode: compile and read the memory only.
     peak_tflops: one device's peak TFLOP/s, for 'peak_fraction' (MFU); None: not reported.
     devices: the mesh's devices (default: all).
+    xla_options: {name: XLA debug options for that recipe's program}.
 
   Returns:
-    The fields of the measurements that ran, and 'mode', 'jax_version', 'backend'.
+    {name: the fields of the measurements that ran, and 'mode', 'jax_version', 'backend'}. In synthetic
+    mode the recipes' steps are compiled first, then timed in turns (`measure_interleaved`).
   """
   import jax  # pylint: disable=g-import-not-at-top
   check_args(mode=mode, steps=steps, peak_tflops=peak_tflops)
-  results = {'mode': mode, 'jax_version': jax.__version__, 'backend': jax.default_backend()}
+  xla_options = xla_options or {}
   if mode == 'synthetic':
-    results.update(measure_step(config, steps=steps, devices=devices))
-  elif mode == 'end_to_end':
-    results.update(measure_end_to_end(config, steps=steps, devices=devices))
-  if mode != 'synthetic':
-    results.update(measure_pipeline(config, steps=steps))
-  if peak_tflops and 'tflops_per_s' in results:
-    results['peak_tflops'] = peak_tflops
-    results['peak_fraction'] = results['tflops_per_s'] / results['devices'] / peak_tflops
-  return results
+    builts = {name: build(synthetic_like(c), devices, xla_options.get(name)) for name, c in configs.items()}
+    measured = measure_interleaved(builts, steps)
+  else:
+    measured = {name: {**(measure_end_to_end(c, steps=steps, devices=devices, xla_options=xla_options.get(name))
+                          if mode == 'end_to_end' else {}), **measure_pipeline(c, steps=steps)}
+                for name, c in configs.items()}
+  out = {}
+  for name, results in measured.items():
+    out[name] = {'mode': mode, 'jax_version': jax.__version__, 'backend': jax.default_backend(), **results}
+    if peak_tflops and 'tflops_per_s' in results:
+      out[name].update(peak_tflops=peak_tflops,
+                       peak_fraction=results['tflops_per_s'] / results['devices'] / peak_tflops)
+  return out
 
 
 def ratios(results: dict, baseline: dict) -> dict:
@@ -388,6 +429,8 @@ def parse_args(argv):
   parser.add_argument('--steps', type=int, default=20, help='timed steps (batches in pipeline mode)')
   parser.add_argument('--peak_tflops', type=float, default=None, help="one device's peak TFLOP/s, for MFU")
   parser.add_argument('--torch', action='store_true', help='also the same SimCLR step in PyTorch')
+  parser.add_argument('--xla', action='append', default=[], metavar='OPTION=VALUE',
+                      help="an XLA debug option for --config's program only (repeatable)")
   parser.add_argument('--out', default='', help='also write the results to this JSON file')
   args, flags = parser.parse_known_args(argv)
   overrides = recipes.split_overrides(flags, ('config', 'baseline') if args.baseline else ('config',))
@@ -409,8 +452,9 @@ def main(argv=None) -> int:
     torch_results = None
     if args.torch:
       torch_results = run_torch(args.config, overrides['config'], args.steps)
-    runs = {name: run(config, mode=args.mode, steps=args.steps, peak_tflops=args.peak_tflops)
-            for name, config in configs.items()}
+    xla = dict(option.partition('=')[::2] for option in args.xla)
+    runs = run(configs, mode=args.mode, steps=args.steps, peak_tflops=args.peak_tflops,
+               xla_options={'config': xla})
   except (UserError, TorchFailed) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2 if isinstance(e, UserError) else 1
