@@ -66,7 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
       bn_group_size=0,          # 0: BatchNorm over the global batch; G: over fixed groups of G examples
       # Compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; params, optimizer state, BatchNorm
       # statistics, heads and loss logits stay float32 (ssl_jax/models/precision.py).
-      bn_momentum=0.9, dtype='auto'))
+      bn_momentum=0.9, dtype='auto',
+      # ViTs only (ssl_jax/models/vit.py; ResNets ignore them): patch side, heads (0 = the model's own),
+      # position embedding 'sincos' (fixed, MoCo v3) or 'learned', MoCo v3's frozen random patch projection,
+      # feature = the class token ('token') or the mean patch token ('avg') after the final LayerNorm.
+      patch_size=16, num_heads=0, pos_embed='sincos', freeze_patch_embed=False, pool='token'))
   c.model.head = ml_collections.ConfigDict(dict(
       num_layers=2, hidden_dim=2048, out_dim=128, use_bn=True, last_bn=False, activation='relu'))
 

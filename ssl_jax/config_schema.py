@@ -76,8 +76,8 @@ def _datasets():
 
 
 def _encoders():
-  from ssl_jax.models import resnet  # pylint: disable=g-import-not-at-top
-  return tuple(sorted(resnet.ENCODERS))
+  from ssl_jax.models import resnet, vit  # pylint: disable=g-import-not-at-top
+  return tuple(sorted(resnet.ENCODERS)) + tuple(sorted(vit.ARCHS))
 
 
 def _dtypes():
@@ -131,6 +131,9 @@ SCHEMA = {
         'name': _choice(_encoders), 'stem': _choice(('cifar', 'imagenet')),
         'width': _float(0.0, lo_open=True),
         'num_stages': _int(0), 'bn_group_size': _int(0), 'bn_momentum': _prob(), 'dtype': _choice(_dtypes),
+        'patch_size': _int(1), 'num_heads': _int(0),
+        'pos_embed': _choice(_from('ssl_jax.models.vit', 'POS_EMBEDS')), 'freeze_patch_embed': _BOOL,
+        'pool': _choice(_from('ssl_jax.models.vit', 'POOLS')),
         'head': _HEAD, 'predictor': _HEAD,
     },
     'data': {

@@ -39,6 +39,7 @@ import importlib
 import pkgutil
 from typing import Any, Callable
 
+from ssl_jax import models
 from ssl_jax.errors import UserError
 
 
@@ -54,8 +55,8 @@ class StepContext:
   # after the stem); rows hold views first_view.. of every example, example-major. Frameworks pass it to
   # every encoder call of the training step, the momentum target's included.
   after_stem: Callable | None = None
-
   steps_per_epoch: int = 0   # of the training data (static; 0 where unknown: benchmarks, tests)
+
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
@@ -65,18 +66,18 @@ class Capabilities:
     compute; a function of the config where that depends on the config (SelfCon's variants).
   addons: the add-ons of `ADDONS` that may wrap it; the others refuse it in one line.
   stem_hook: it passes `StepContext.after_stem` to every encoder call of its step (batch fusion after the stem).
-  backbones: the encoder families (`ssl_jax.models.family`) it can train.
+  backbones: the encoder families (`ssl_jax.models.family`) it can train; `get_method` refuses the others.
   config_blocks: dotted config blocks it reads besides the common ones; a config without one is refused.
-  """
   multi_crop: its views and loss take `config.multicrop` local crops (ssl_jax/data/multicrop.py); the others
     refuse a config with local crops.
+  """
   needs_labels: bool | Callable[[Any], bool] = False
   addons: tuple[str, ...] = ()
   stem_hook: bool = False
   backbones: tuple[str, ...] = ('resnet',)
   config_blocks: tuple[str, ...] = ()
-
   multi_crop: bool = False
+
   def labels_needed(self, config) -> bool:
     return self.needs_labels(config) if callable(self.needs_labels) else self.needs_labels
 
@@ -93,8 +94,8 @@ class Method:
   after_update: Callable
   needs_partners: Callable = lambda config: False
   check_config: Callable = lambda config: None
-
   prepare_params: Callable = lambda params, config: params
+
 
 ADDONS = ('rotation', 'fusion')  # add-on modules, in the order they wrap the framework
 
@@ -114,13 +115,14 @@ def get_method(config) -> Method:
   """
   method = _framework(config.method)
   caps = method.capabilities
+  _check_backbone(config, caps)
   for block in caps.config_blocks:
     _require_block(config, block)
-  method.check_config(config)
-  for name in ADDONS:
   if 'multicrop' in config and config.multicrop.num_local and not caps.multi_crop:
     raise UserError(f'multicrop.num_local={config.multicrop.num_local}: method {config.method!r} does not take '
                     'local crops; set --config.multicrop.num_local=0 or use a method that does (swav)')
+  method.check_config(config)
+  for name in ADDONS:
     addon = importlib.import_module(f'{__name__}.{name}')
     if addon.enabled(config):
       if name not in caps.addons:
@@ -137,6 +139,18 @@ def check_labels(method: Method, config, num_classes: int) -> None:
     raise UserError(f'method {config.method!r} is supervised (its loss reads labels) but the training split '
                     f'{config.data.name}:{config.data.train_split} has no labels; use a labelled split or an '
                     'unsupervised method such as simclr')
+
+
+def _check_backbone(config, caps: Capabilities) -> None:
+  """Raises UserError when the framework cannot train `config.model.name`'s encoder family."""
+  family = models.family(config.model.name)
+  if family not in caps.backbones:
+    accepting = [m for m in available() if family in _framework(m).capabilities.backbones]
+    raise UserError(f'method {config.method!r} cannot train a {family} encoder ({config.model.name}); use one '
+                    f'of its encoders ({", ".join(caps.backbones)}) or a method that can: {", ".join(accepting)}')
+  # Batch fusion at the stem works on ResNet stem outputs (its patch check reads the ResNet stem's stride).
+  if family == 'vit' and config.fusion.enabled and config.fusion.placement == 'stem':
+    raise UserError('fusion.placement="stem" needs a ResNet encoder; with a ViT use fusion.placement="input"')
 
 
 def _require_block(config, name: str) -> None:
@@ -164,5 +178,5 @@ def _framework(name: str) -> Method:
       after_update=getattr(mod, 'after_update', lambda extra, params, ctx: extra),
       needs_partners=getattr(mod, 'needs_partners', lambda config: False),
       check_config=getattr(mod, 'check_config', lambda config: None),
-  )
       prepare_params=getattr(mod, 'prepare_params', lambda params, config: params),
+  )

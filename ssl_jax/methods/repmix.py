@@ -38,7 +38,7 @@ from ssl_jax import methods
 from ssl_jax.data import augment
 from ssl_jax.methods import common
 
-CAPABILITIES = methods.Capabilities(addons=('fusion',), config_blocks=('repmix',))
+CAPABILITIES = methods.Capabilities(addons=('fusion',), backbones=('resnet', 'vit'), config_blocks=('repmix',))
 
 # SimCLR's encoder + projector (`common.EncoderProjector`): RepMix adds no parameters.
 build_model = common.build_encoder_projector

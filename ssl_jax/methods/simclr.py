@@ -8,7 +8,8 @@ import functools
 from ssl_jax import methods
 from ssl_jax.methods import common
 
-CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True)
+CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True,
+                                    backbones=('resnet', 'vit'))
 
 build_model = common.build_encoder_projector
 make_views = common.make_views

@@ -10,6 +10,7 @@ from ssl_jax import losses, methods
 from ssl_jax.methods import _momentum, common
 
 CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True,
+                                    backbones=('resnet', 'vit'),
                                     config_blocks=('augment2', 'model.predictor'))
 
 

@@ -1,9 +1,17 @@
-"""The model zoo: ResNet encoders, MLP heads, a device-count-independent (ghost) BatchNorm, batch fusion,
-the compute dtype."""
+"""The model zoo: ResNet and ViT encoders, MLP heads, a device-count-independent (ghost) BatchNorm, batch
+fusion, the compute dtype."""
 from ssl_jax.models.fusion import BatchFusion
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.models.norm import BatchNorm
 from ssl_jax.models.precision import compute_dtype
 from ssl_jax.models.resnet import ResNet, create_encoder
+from ssl_jax.models import vit
+from ssl_jax.models.vit import ViT
 
-__all__ = ['BatchFusion', 'BatchNorm', 'MLPHead', 'ResNet', 'compute_dtype', 'create_encoder']
+__all__ = ['BatchFusion', 'BatchNorm', 'MLPHead', 'ResNet', 'ViT', 'compute_dtype', 'create_encoder', 'family']
+
+
+def family(name: str) -> str:
+  """The encoder family of `config.model.name`: 'vit' for the ViTs, 'resnet' for the rest."""
+  return 'vit' if name in vit.ARCHS else 'resnet'
+

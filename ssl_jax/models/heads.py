@@ -24,7 +24,7 @@ class MLPHead(nnx.Module):
 
   def __init__(self, in_dim: int, *, hidden_dim: int, out_dim: int, num_layers: int = 2, use_bn: bool = True,
                last_bn: bool = False, activation: str = 'relu', bn_group_size: int = 0,
-               bn_momentum: float = 0.9, rngs: nnx.Rngs):
+               bn_momentum: float = 0.9, out_bias: bool = True, rngs: nnx.Rngs):
     """Builds the head.
 
     Args:
@@ -37,6 +37,7 @@ class MLPHead(nnx.Module):
       activation: 'relu', 'gelu', 'silu' or 'leaky_relu' (slope 0.01).
       bn_group_size: ghost-BatchNorm group size (0 = whole batch).
       bn_momentum: BatchNorm running-statistics momentum.
+      out_bias: a bias on the last Linear when no final BN follows it (MoCo v3's heads have none).
       rngs: initialisation keys; not kept by the head.
     """
     if activation not in _ACTIVATIONS:
@@ -52,7 +53,7 @@ class MLPHead(nnx.Module):
       dim = hidden_dim
     self.hidden = nnx.List(linears)
     self.hidden_bn = nnx.List(norms)
-    self.out = nnx.Linear(dim, out_dim, use_bias=not last_bn, rngs=rngs)
+    self.out = nnx.Linear(dim, out_dim, use_bias=out_bias and not last_bn, rngs=rngs)
     self.out_bn = (BatchNorm(out_dim, group_size=bn_group_size, momentum=bn_momentum, use_scale=False,
                              use_bias=False) if last_bn else None)
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.errors import UserError
+from ssl_jax.models import vit
 from ssl_jax.models.norm import BatchNorm
 
 # depth -> (block kind, blocks per stage, base width per stage).
@@ -222,25 +223,30 @@ def default_stem(name: str) -> str:
 
 def create_encoder(name: str, *, stem: str | None = None, width: float = 1.0, num_stages: int | None = None,
                    in_channels: int = 3, bn_group_size: int = 0, bn_momentum: float = 0.9, dtype=jnp.float32,
-                   rngs: nnx.Rngs) -> ResNet:
-  """Builds an encoder by name.
+                   rngs: nnx.Rngs, **vit_options):
+  """Builds an encoder by name: a ResNet here, a ViT by `ssl_jax.models.vit.create_vit`.
 
   Args:
-    name: one of 'resnet18', 'resnet34', 'resnet50', 'resnet20', 'resnet32'.
+    name: one of 'resnet18', 'resnet34', 'resnet50', 'resnet20', 'resnet32', or a ViT ('vit_small', ...).
     stem: 'imagenet' or 'cifar'; None picks the network's own ('cifar' for ResNet-20/32, else 'imagenet').
     width: channel multiplier.
-    num_stages: stages kept (None = all).
+    num_stages: stages kept (None = all); a ViT's blocks kept.
     in_channels: input image channels.
     bn_group_size: ghost-BatchNorm group size (0 = whole batch).
     bn_momentum: BatchNorm running-statistics momentum.
     dtype: compute dtype.
     rngs: initialisation keys.
+    **vit_options: a ViT's own options (patch_size, num_heads, pos_embed, freeze_patch_embed, pool,
+      image_size), which a ResNet ignores, as a ViT (no stem, no BatchNorm) ignores those arguments.
 
   Returns:
-    The ResNet; its `out_dim` is the feature size, `min_input_size` the smallest sensible input side.
+    The encoder; its `out_dim` is the feature size, `min_input_size` the smallest sensible input side.
   """
+  if name in vit.ARCHS:
+    return vit.create_vit(name, width=width, num_blocks=num_stages, in_channels=in_channels, dtype=dtype,
+                          rngs=rngs, **vit_options)
   if name not in ENCODERS:
-    raise UserError(f'unknown encoder {name!r}; use one of {sorted(ENCODERS)}')
+    raise UserError(f'unknown encoder {name!r}; use one of {sorted(ENCODERS) + sorted(vit.ARCHS)}')
   depth = ENCODERS[name]
   return ResNet(depth=depth, stem=stem or default_stem(name), width=width, num_stages=num_stages,
                 in_channels=in_channels, bn_group_size=bn_group_size, bn_momentum=bn_momentum, dtype=dtype,
