@@ -1,8 +1,9 @@
-"""SupCon (Khosla et al., NeurIPS 2020): supervised contrastive learning, L_out form.
+"""SupCon (Khosla et al., NeurIPS 2020): supervised contrastive learning, L_out (default) or L_in.
 
-Same model and views as SimCLR; every other vector with the same label is a positive. With
-`config.num_views = 1` an anchor whose label appears once in the batch has no positive and is left out of the
-mean (the single-view SupCon-S baseline of SelfCon relies on this).
+Same model and views as SimCLR; every other vector with the same label is a positive. `loss.supcon_form`:
+'out' (SupContrast's and SelfCon's code) or 'in' (solo-learn's supcon). With `config.num_views = 1` an anchor
+whose label appears once in the batch has no positive: `loss.no_positive='exclude'` leaves it out of the mean
+(SelfCon's SupCon-S filter), 'zero' counts it as 0 (SupContrast). See `losses.contrastive_loss`.
 """
 import functools
 
