@@ -3,7 +3,7 @@ r"""RepMix (Sharma et al., BDA 2024) on CIFAR-10 / CIFAR-100, ResNet-20: the off
 Command (one GPU host; prepare the data first with
 `python -c "import tensorflow_datasets as tfds; tfds.builder('cifar10').download_and_prepare()"`):
   python -m ssl_jax.main --config configs/repmix_cifar10.py --workdir /tmp/repmix_cifar10
-  python -m ssl_jax.evaluate.linear --workdir /tmp/repmix_cifar10 --config.preset=repmix
+  python -m ssl_jax.evaluate.linear_cli --workdir /tmp/repmix_cifar10 --config.preset=repmix
 The SimCLR baseline, identical except for the method (two augmented views, same loss, optimizer, schedule):
   python -m ssl_jax.main --config configs/repmix_cifar10.py:method=simclr --workdir /tmp/simclr_r20_cifar10
 Both, trained and compared by kNN against steps and wall-clock:

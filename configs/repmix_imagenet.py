@@ -4,7 +4,7 @@ Command (one GPU host; put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar i
 `~/tensorflow_datasets/downloads/manual/` and prepare them once with
 `python -c "import tensorflow_datasets as tfds; tfds.builder('imagenet2012').download_and_prepare()"`):
   python -m ssl_jax.main --config configs/repmix_imagenet.py --workdir /tmp/repmix_imagenet
-  python -m ssl_jax.evaluate.linear --workdir /tmp/repmix_imagenet --config.preset=repmix
+  python -m ssl_jax.evaluate.linear_cli --workdir /tmp/repmix_imagenet --config.preset=repmix
 The SimCLR baseline, identical except for the method: `configs/repmix_imagenet.py:method=simclr`;
 ImageNet-100 (CMC's classes): `:dataset=imagenet100`.
 Expected: not measured with ssl_jax; no figure of the paper could be retrieved.

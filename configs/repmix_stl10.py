@@ -3,7 +3,7 @@ r"""RepMix (Sharma et al., BDA 2024) on STL-10 at 96 px, ResNet-18 with the CIFA
 Command (one GPU host; prepare the data first with
 `python -c "import tensorflow_datasets as tfds; tfds.builder('stl10').download_and_prepare()"`):
   python -m ssl_jax.main --config configs/repmix_stl10.py --workdir /tmp/repmix_stl10
-  python -m ssl_jax.evaluate.linear --workdir /tmp/repmix_stl10 --config.preset=repmix \
+  python -m ssl_jax.evaluate.linear_cli --workdir /tmp/repmix_stl10 --config.preset=repmix \
       --config.train_split=train
 The SimCLR baseline, identical except for the method: `configs/repmix_stl10.py:method=simclr`.
 Expected: not measured with ssl_jax; no figure of the paper could be retrieved (and the code's own STL-10

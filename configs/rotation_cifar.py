@@ -23,7 +23,7 @@ efficiency claim: BYOL + rotation gets there in about a third of the epochs, its
 
 Expected: the PAPER'S figures (its NeurIPS'21 workshop version, Table 4: kNN with k = 200 / linear top-1;
 not measured with ssl_jax). kNN here is ssl_jax's monitor (`knn_top1_k200`, cosine, T 0.1); the linear
-figure is `python -m ssl_jax.evaluate.linear` (the paper: frozen BN, no spatial augmentation, 100 epochs).
+figure is `python -m ssl_jax.evaluate.linear_cli` (the paper: frozen BN, no spatial augmentation, 100 epochs).
   | framework        | CIFAR-10 kNN | CIFAR-10 linear | CIFAR-100 kNN | CIFAR-100 linear |
   | SimCLR           | 86.37        | 88.77           | 55.10         | 62.96            |
   | SimCLR + Rot     | 88.69        | 90.91           | 57.09         | 65.40            |

@@ -15,7 +15,7 @@ Commands (prepare ImageNet first: the ILSVRC2012 tar files in <data_dir>/downloa
 or both, with the steps each needs to reach the baseline's final kNN accuracy:
   python launch/sweep.py --config configs/rotation_imagenet100.py --grid 'config:rotation=false,true' \
       --baseline config:rotation=false --workdir /tmp/in100_rotation
-then the linear evaluation of each: python -m ssl_jax.evaluate.linear --workdir DIR.
+then the linear evaluation of each: python -m ssl_jax.evaluate.linear_cli --workdir DIR.
 Expected: the PAPER'S figures (NeurIPS'21 workshop version, Table 5; linear top-1 / top-5; not measured with
 ssl_jax): BYOL 71.02 / 91.78, BYOL + Rot 73.60 / 92.98; semi-supervised 1% labels 46.60 -> 56.40 top-1.
 Hardware/runtime: meant for an accelerator host (the paper: 1-2 V100s); not measured with ssl_jax. 126,689

@@ -2,7 +2,7 @@ r"""S3L with BYOL on CUB-200-2011 at 112 px (Cao & Wu, arXiv 2103.13559; S3L's b
 
 Command (prepare CUB as in configs/s3l_moco_cub.py):
   python -m ssl_jax.main --config configs/s3l_byol_cub.py --workdir runs/s3l_byol_112
-  python -m ssl_jax.evaluate.finetune --workdir runs/s3l_byol_112 --config.preset=s3l
+  python -m ssl_jax.evaluate.finetune_cli --workdir runs/s3l_byol_112 --config.preset=s3l
 
 Recipe: ResNet-50 (ImageNet stem), CUB train split only, batch 128, SGD momentum 0.9, lr 0.125 with a cosine
 to 0 and no warm-up (per step here, per epoch in S3L), wd 1e-4 on every parameter, 800 epochs (46 steps each);

@@ -8,7 +8,7 @@ Commands (CUB-200-2011 from tfds; prepare it once with
   python -m ssl_jax.main --config configs/s3l_moco_cub.py:res=112,arch=no_conv5 --workdir runs/s3l_moco_nc5
 then S3L's fine-tuning protocol at 224 px (for arch=no_conv5 it rebuilds the full ResNet-50, loads stages
 1-3, warms stage 4 and a head up for 10 epochs with stages 1-3 frozen, then fine-tunes everything):
-  python -m ssl_jax.evaluate.finetune --workdir runs/s3l_moco_112 --config.preset=s3l
+  python -m ssl_jax.evaluate.finetune_cli --workdir runs/s3l_moco_112 --config.preset=s3l
 
 Recipe (S3L's moco/pretrain_cub.sh; reference/s3l.md): ResNet-50 (ImageNet stem; arch=no_conv5: its last
 stage removed, `model.num_stages=3`), pretrained on CUB's 5,994 train images only; random-resized crops of

@@ -2,7 +2,7 @@ r"""S3L with SimCLR on CUB-200-2011 at 112 px (Cao & Wu, arXiv 2103.13559; S3L's
 
 Command (prepare CUB as in configs/s3l_moco_cub.py):
   python -m ssl_jax.main --config configs/s3l_simclr_cub.py --workdir runs/s3l_simclr_112
-  python -m ssl_jax.evaluate.finetune --workdir runs/s3l_simclr_112 --config.preset=s3l
+  python -m ssl_jax.evaluate.finetune_cli --workdir runs/s3l_simclr_112 --config.preset=s3l
 
 Recipe: ResNet-50 (ImageNet stem), CUB train split only, batch 512, SGD momentum 0.9, lr 0.5 with 10 warm-up
 epochs then cosine to 0 (S3L warms up from 0.01 and steps the cosine per epoch; per step here), wd 1e-4 on

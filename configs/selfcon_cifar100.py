@@ -16,7 +16,7 @@ the steps after warm-up (official: per epoch over all epochs, the warm-up ending
 Commands (one GPU host; prepare the data first with
 `python -c "import tensorflow_datasets as tfds; tfds.builder('cifar100').download_and_prepare()"`):
   python -m ssl_jax.main --config configs/selfcon_cifar100.py --workdir /tmp/selfcon_c100
-  python -m ssl_jax.evaluate.linear --workdir /tmp/selfcon_c100 --config.protocol=augmented \
+  python -m ssl_jax.evaluate.linear_cli --workdir /tmp/selfcon_c100 --config.protocol=augmented \
       --config.crop_scale='(0.2, 1.0)' --config.lr=3 --config.batch_size=512 --config.standardize=False
 The second line is the official linear protocol's closest match (official: SGD lr 3, batch 512, 100 epochs,
 step decay x0.1 at 60 and 80 where ssl_jax decays on a cosine); it trains a probe on the backbone exit, one

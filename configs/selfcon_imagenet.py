@@ -10,7 +10,7 @@ each of one view.
 
 Commands (a GPU/TPU host with ImageNet prepared for tfds, see the README's Data section):
   python -m ssl_jax.main --config configs/selfcon_imagenet.py --workdir /tmp/selfcon_in
-  python -m ssl_jax.evaluate.linear --workdir /tmp/selfcon_in --config.protocol=augmented \
+  python -m ssl_jax.evaluate.linear_cli --workdir /tmp/selfcon_in --config.protocol=augmented \
       --config.crop_scale='(0.2, 1.0)' --config.lr=5 --config.batch_size=512 --config.epochs=40 \
       --config.standardize=False
 (official linear protocol: SGD lr 5, batch 512, 40 epochs, x0.1 at 20 and 30; ssl_jax decays on a cosine).

@@ -19,7 +19,8 @@ from flax import nnx
 
 from ssl_jax import methods, paths
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import inference_features
+from ssl_jax.evaluate import exits
+from ssl_jax.evaluate.features import inference_features
 
 
 
@@ -147,6 +148,17 @@ class Encoder:
     self.feature_dim = int(model.encoder.out_dim)
     self.graphdef, self.params, self.batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     self._features = jax.jit(functools.partial(inference_features, self.graphdef, resolution=self.image_size))
+
+  def exits(self) -> dict:
+    """{exit name: Encoder} of a multi-exit model (SelfCon), backbone first; {'backbone': self} otherwise.
+
+    The encoders share the loaded parameters (nothing is copied).
+    """
+    model = nnx.merge(self.graphdef, self.params, self.batch_stats)
+    names = exits.exit_names(model)
+    if len(names) == 1:
+      return {names[0]: self}
+    return {name: Encoder(self.config, model.exit_model(name), batch_size=self.batch_size) for name in names}
 
   def apply(self, params, batch_stats, images):
     """The pure forward pass (traceable): features (N, D) of float images in [0, 1] at `image_size`."""

@@ -15,7 +15,7 @@ from configs import simclr_cifar10
 from ssl_jax import data, report, train
 from ssl_jax.encoder import build_from_checkpoint
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import finetune, linear
+from ssl_jax.evaluate import finetune_cli as finetune, linear_cli as linear
 
 import runs
 
@@ -105,8 +105,8 @@ def test_finetune_writes_results(workdir):
 
 
 @pytest.mark.parametrize('module,args,expected', [
-    ('linear', ['--workdir=/nonexistent/run'], 'does not exist'),
-    ('finetune', ['--workdir=/nonexistent/run', '--config.nope=1'], 'nope'),
+    ('linear_cli', ['--workdir=/nonexistent/run'], 'does not exist'),
+    ('finetune_cli', ['--workdir=/nonexistent/run', '--config.nope=1'], 'nope'),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(module, args, expected):
   proc = subprocess.run([sys.executable, '-m', f'ssl_jax.evaluate.{module}', *args], check=False, cwd=ROOT,
@@ -137,7 +137,7 @@ def test_relative_home_and_step_paths_everywhere(home_run, monkeypatch, tmp_path
   for path in ('run', './run/checkpoints', 'run/checkpoints/3', '~/run', '~/run/checkpoints/3'):
     np.testing.assert_array_equal(ssl_jax.load_encoder(path).embed(np.zeros((1, 16, 16, 3), np.uint8)), want)
   # The CLI, given a step directory under '~' from another directory: results.json goes to the run.
-  proc = subprocess.run([sys.executable, '-m', 'ssl_jax.evaluate.linear', '--workdir=~/run/checkpoints/3',
+  proc = subprocess.run([sys.executable, '-m', 'ssl_jax.evaluate.linear_cli', '--workdir=~/run/checkpoints/3',
                          '--config.epochs=2', '--config.embed_batch_size=64'], cwd=tmp_path, capture_output=True,
                         text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(ROOT), 'XLA_FLAGS': ''})
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,7 @@ from configs import repmix_cifar10, repmix_digits, repmix_imagenet, repmix_stl10
 from ssl_jax import config_schema, data, losses, methods, optim, train
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import linear
+from ssl_jax.evaluate import linear_cli as linear
 from ssl_jax.methods import common, repmix
 
 import runs

@@ -16,7 +16,7 @@ from ssl_jax import data, methods, optim, stages, train
 from ssl_jax.data import aircraft, sources
 from ssl_jax.encoder import build_from_checkpoint
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import finetune
+from ssl_jax.evaluate import finetune_cli as finetune
 
 import runs
 

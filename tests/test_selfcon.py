@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from configs import selfcon_cifar100, selfcon_digits, selfcon_imagenet
 from ssl_jax import benchmark, config_schema, losses, methods, train
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import exits, linear
+from ssl_jax.evaluate import exits, linear_cli as linear
 from ssl_jax.evaluate.linear_probe import linear_predict, topk_accuracy, train_linear_probe
 from ssl_jax.methods import common, selfcon
 

@@ -7,16 +7,14 @@ exits' probe logits (SelfCon's official `main_linear.py --subnet`), scored like 
 the last epoch and of the best epoch.
 
     encoder = ssl_jax.load_encoder(workdir)
-    sub = exit_encoders(encoder)['sub']          # an Encoder of the sub-network exit
+    sub = encoder.exits()['sub']                 # an Encoder of the sub-network exit
     feats = sub.embed(images)                    # (N, D)
 """
 from collections.abc import Sequence
 
-from flax import nnx
 import jax
 import numpy as np
 
-from ssl_jax.encoder import Encoder
 from ssl_jax.evaluate.linear_probe import linear_predict, topk_accuracy, train_linear_probe
 
 ENSEMBLE = 'ensemble'
@@ -25,19 +23,6 @@ ENSEMBLE = 'ensemble'
 def exit_names(model) -> tuple[str, ...]:
   """The exits of `model`, backbone first; ('backbone',) for single-exit models."""
   return tuple(getattr(model, 'exit_names', ('backbone',)))
-
-
-def exit_encoders(encoder) -> dict:
-  """{exit name: Encoder} for the model behind `encoder` (an `ssl_jax.encoder.Encoder`), backbone first.
-
-  Single-exit models give {'backbone': encoder}. The encoders share the loaded parameters (nothing is copied).
-  """
-  model = nnx.merge(encoder.graphdef, encoder.params, encoder.batch_stats)
-  names = exit_names(model)
-  if len(names) == 1:
-    return {names[0]: encoder}
-  return {name: Encoder(encoder.config, model.exit_model(name), batch_size=encoder.batch_size)
-          for name in names}
 
 
 def summarize(history: Sequence[dict]) -> dict:

@@ -1,4 +1,4 @@
-r"""Fine-tuning of a trained encoder: `python -m ssl_jax.evaluate.finetune --workdir DIR [--config.a=b ...]`.
+r"""Fine-tuning of a trained encoder: `python -m ssl_jax.evaluate.finetune_cli --workdir DIR [--config.a=b ...]`.
 
 The pretrained model is rebuilt from the checkpoint, a new linear head is put on its features, and the encoder
 and head are trained together with SGD + momentum on a cosine schedule, on random-resized crops and flips of
@@ -42,7 +42,7 @@ from flax import nnx
 from ssl_jax import data, methods, paths, progress, sharding
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import linear
+from ssl_jax.evaluate import linear_cli
 from ssl_jax.evaluate.linear_probe import topk_accuracy
 
 _CROP_FRACTION = 0.875  # 'resize_crop': the crop is 0.875 of the resized shorter side (224 of 256)
@@ -82,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def apply_preset(cfg) -> ml_collections.ConfigDict:
   """`cfg` with `cfg.preset`'s values in every field it names that is still at its default (a copy)."""
-  return linear.apply_preset(cfg, None, presets=PRESETS, default=default_config)
+  return linear_cli.apply_preset(cfg, None, presets=PRESETS, default=default_config)
 
 
 class Classifier(nnx.Module):
@@ -131,7 +131,7 @@ def make_optimizer(params, cfg, total_steps: int) -> optax.GradientTransformatio
 
 def _train_step(graphdef, tx, cfg, run_config, frozen_stats, image_size: int):
   views = augment.default_config()
-  views.update(crop_scale=tuple(cfg.crop_scale), flip_prob=linear.run_flip_prob(cfg, run_config),
+  views.update(crop_scale=tuple(cfg.crop_scale), flip_prob=linear_cli.run_flip_prob(cfg, run_config),
                jitter_prob=0.0, grayscale_prob=0.0)
   if cfg.crop == 'resize_crop':  # fixed-size data: a random square of 0.875 of the side (exact for squares)
     views.update(crop_scale=(_CROP_FRACTION**2,) * 2, crop_ratio=(1.0, 1.0))
@@ -343,7 +343,7 @@ def evaluate_finetune(workdir, cfg=None) -> dict:
              'config': json.loads(cfg.to_json())}
   if warmup is not None:
     results['warmup'] = warmup
-  linear.merge_results(paths.workdir_of(workdir), 'finetune', results)
+  linear_cli.merge_results(paths.workdir_of(workdir), 'finetune', results)
   return results
 
 
@@ -356,7 +356,7 @@ def _protocol(cfg, config, run_config, warmed: bool) -> str:
   text = (f'fine-tuning: encoder + new linear head, SGD momentum {cfg.momentum}, lr {cfg.lr} {cfg.schedule}, '
           f'weight decay {cfg.weight_decay} on {decay}, {cfg.epochs} epochs of batch {cfg.batch_size}, '
           f'{int(cfg.image_size or run_config.data.image_size)} px, {crop} + flip '
-          f'{linear.run_flip_prob(cfg, run_config)}, mixup alpha {cfg.mixup_alpha}, frozen: {frozen}; '
+          f'{linear_cli.run_flip_prob(cfg, run_config)}, mixup alpha {cfg.mixup_alpha}, frozen: {frozen}; '
           'scored in inference mode')
   if config is not run_config:
     text += (f'; model rebuilt with num_stages={config.model.num_stages} (pretrained: '
@@ -368,4 +368,4 @@ def _protocol(cfg, config, run_config, warmed: bool) -> str:
 
 
 if __name__ == '__main__':
-  linear.run_cli(default_config, evaluate_finetune, 'finetune')
+  linear_cli.run_cli(default_config, evaluate_finetune, 'finetune')

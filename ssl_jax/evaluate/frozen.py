@@ -13,7 +13,10 @@ import jax
 
 from ssl_jax import data, progress, sharding
 from ssl_jax.errors import UserError
-from ssl_jax.evaluate import exits, extract_features, inference_features, knn_accuracy, linear_probe_accuracy
+from ssl_jax.evaluate import exits
+from ssl_jax.evaluate.features import extract_features, inference_features
+from ssl_jax.evaluate.knn import knn_accuracy
+from ssl_jax.evaluate.linear_probe import linear_probe_accuracy
 
 
 class FrozenEncoderEval:

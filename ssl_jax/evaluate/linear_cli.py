@@ -1,4 +1,4 @@
-r"""Offline linear evaluation of a trained encoder: `python -m ssl_jax.evaluate.linear --workdir DIR`.
+r"""Offline linear evaluation of a trained encoder: `python -m ssl_jax.evaluate.linear_cli --workdir DIR`.
 
 A linear classifier is trained on the features of the frozen encoder (loaded with `ssl_jax.load_encoder`, in
 inference mode, never updated) and scored on the eval split after every epoch. Two protocols:
@@ -9,7 +9,7 @@ The top-1 / top-5 of the last epoch and of the best epoch, and the protocol, are
 `<workdir>/results.json` under 'linear_eval'. A multi-exit model (SelfCon) gets one classifier per exit and
 their ensemble (mean of the logits): `sub_top1`, `ensemble_top1`, ... beside the backbone's scores.
 Override the defaults of `default_config` with --config.a=b:
-  python -m ssl_jax.evaluate.linear --workdir runs/quickstart --config.optimizer=lars --config.lr=0.5
+  python -m ssl_jax.evaluate.linear_cli --workdir runs/quickstart --config.optimizer=lars --config.lr=0.5
 A paper's protocol is one flag, `--config.preset=NAME` (PRESETS): it replaces the defaults of the fields it
 names, and fields given on the command line keep the given value. `repmix`: the RepMix code's (Sharma et al.,
 2024) frozen backbone features, AdamW lr 0.02 without weight decay, 100 epochs, batch = the run's batch size,
@@ -234,7 +234,7 @@ def evaluate_linear(workdir, cfg=None, *, encoder=None) -> dict:
   num_classes = data.get_source(run_data, split=eval_split, train=False).num_classes
   # Multi-exit models (SelfCon) get a probe per exit and on the exits' ensemble; others just the backbone's.
   probe_data = {name: _probe_data(e, cfg, train_split, eval_split)
-                for name, e in exits.exit_encoders(encoder).items()}
+                for name, e in encoder.exits().items()}
   features, train_y, test_x, test_y = probe_data['backbone']
   if len(probe_data) == 1:
     scores = train_classifier(features, train_y, test_x, test_y, num_classes=num_classes, cfg=cfg)

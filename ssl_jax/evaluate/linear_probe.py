@@ -2,7 +2,7 @@
 
 Features are optionally standardised with the train mean and std; the classifier is trained with minibatch
 AdamW, SGD or LARS and a cosine learning-rate decay, one jitted function per epoch. The trainer's final probe
-and the offline linear-evaluation CLI (`ssl_jax.evaluate.linear`) both train with this; fine-tuning lives
+and the offline linear-evaluation CLI (`ssl_jax.evaluate.linear_cli`) both train with this; fine-tuning lives
 elsewhere.
 """
 import functools
