@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ssl_jax
-from configs import fusion_cifar, fusion_digits, fusion_imagenet, fusion_imagenet100
+from configs import fusion_cdoa, fusion_cifar, fusion_digits, fusion_imagenet, fusion_imagenet100, mocov3_imagenet
 from ssl_jax import config_schema, methods, train
 from ssl_jax.errors import UserError
 from ssl_jax.methods import _momentum
@@ -450,6 +450,26 @@ def test_configs_build_and_validate():
   assert not fusion_imagenet100.get_config('fusion=false').fusion.enabled
   with pytest.raises(UserError, match='framework'):
     fusion_cifar.get_config('framework=barlow')
+
+
+def test_cdoa_recipes_are_moco_v3_vit_s16_with_the_released_settings():
+  for arg in ('', 'aug=cdoa+', 'aug=cdoa+,fusion=false', 'runlocal', 'runlocal,synthetic', 'synthetic'):
+    c = fusion_cdoa.get_config(arg)
+    config_schema.validate(c)
+    methods.get_method(c)
+  cdoa, plus = fusion_cdoa.get_config(''), fusion_cdoa.get_config('aug=cdoa+')
+  mocov3 = mocov3_imagenet.get_config('')
+  assert (cdoa.method, cdoa.model.name, cdoa.model.patch_size, cdoa.data.image_size) == ('mocov3', 'vit_small', 16, 224)
+  assert (cdoa.batch_size, cdoa.total_epochs, cdoa.loss.temperature) == (256, 250.0, 0.5)
+  assert (cdoa.fusion.enabled, cdoa.fusion.variant, cdoa.fusion.views, cdoa.fusion.group_size) == (
+      True, 'released', 'second', 128)
+  for view in (cdoa.augment, cdoa.augment2):  # CDOA: a random-resized crop and nothing else
+    assert view.crop and not any(view[k] for k in ('flip_prob', 'jitter_prob', 'grayscale_prob', 'blur_prob',
+                                                   'solarize_prob'))
+  assert plus.augment.to_dict() == mocov3.augment.to_dict()  # CDOA+: MoCo v3's (BYOL's) views
+  assert plus.augment2.to_dict() == mocov3.augment2.to_dict()
+  with pytest.raises(UserError, match='aug'):
+    fusion_cdoa.get_config('aug=strong')
 
 
 # ----------------------------------------------------------------------------------------------- trainer
