@@ -4,8 +4,12 @@ Importing the package never imports TensorFlow; only the tfds input pipeline doe
 imported on first use, so `import ssl_jax` stays cheap.
 """
 
+from ssl_jax import xla_defaults
+
 __version__ = '0.1.0'
 __all__ = ['load_encoder']
+
+xla_defaults.apply()  # before JAX starts a backend: XLA reads XLA_FLAGS once
 
 
 def __getattr__(name):

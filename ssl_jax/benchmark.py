@@ -24,10 +24,12 @@ Variable-size recipes (host crops) run in synthetic mode at data.image_size with
 ratios --config / --baseline of step time, memory and temporaries; in synthetic mode both steps are compiled
 first and then timed in turns (a step of one, a step of the other), so that a machine whose speed drifts
 slows both alike. --xla OPTION=VALUE sets an XLA debug option for --config's program only: the same recipe as
---baseline then measures a compiler setting, e.g. YNNPACK's fusions off on the CPU:
-    python -m ssl_jax.benchmark --config simclr_digits --baseline simclr_digits \
-        --xla xla_cpu_experimental_ynn_fusion_type= --steps 10 E.g. SelfCon against SupCon (Bae et al.,
-AAAI 2023 report 59% of the memory and 48% of the time for ResNet-50 on ImageNet):
+--baseline then measures a compiler setting, e.g. ssl_jax's CPU default (ssl_jax/xla_defaults.py) against
+jaxlib's own:
+    SSL_JAX_XLA_DEFAULTS=0 python -m ssl_jax.benchmark --config simclr_digits --baseline simclr_digits \
+        --xla xla_cpu_experimental_ynn_fusion_type= --steps 10
+SelfCon against SupCon (Bae et al., AAAI 2023 report 59% of the memory and 48% of the time for ResNet-50 on
+ImageNet):
     python -m ssl_jax.benchmark --config selfcon_imagenet:synthetic \
         --baseline selfcon_imagenet:synthetic,variant=supcon --config.batch_size=256 --baseline.batch_size=256
 

@@ -107,3 +107,22 @@ def test_without_pytorch_the_torch_option_says_how_to_install_it_and_runs_nothin
   lines = proc.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: PyTorch is not installed'), proc.stderr
   assert not (tmp_path / 'out.json').exists()  # the JAX side never started
+
+
+def _xla_flags_after_import(flags):
+  code = ('import os, ssl_jax, jax, jax.numpy as jnp\n'
+          'hlo = jax.jit(lambda x: jnp.exp(x).sum()).lower(jnp.ones((64, 64))).compile().as_text()\n'
+          "print(os.environ['XLA_FLAGS'] + '|' + str('ynn_fusion' in hlo))")
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, 'XLA_FLAGS': flags}, check=True)
+  return proc.stdout.strip().split('|')
+
+
+def test_the_cpu_default_turns_ynnpack_fusions_off_unless_the_user_set_them(monkeypatch):
+  from ssl_jax import xla_defaults  # pylint: disable=g-import-not-at-top
+  assert _xla_flags_after_import('') == ['--xla_cpu_experimental_ynn_fusion_type=', 'False']
+  users = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE'
+  assert _xla_flags_after_import(users) == [users, 'True']  # the user's value stands: YNNPACK reduces
+  assert xla_defaults._known_to_jaxlib({'xla_no_such_flag_in_any_jaxlib'}) == set()
+  monkeypatch.setenv('SSL_JAX_XLA_DEFAULTS', '0')
+  assert _xla_flags_after_import('') == ['', 'True']  # jaxlib's own defaults
