@@ -70,8 +70,7 @@ def build_model(config, *, in_channels, rngs):
   """Encoder + projector (`model.head`) + bias-free prototypes (`swav.num_prototypes` rows)."""
   base = common.build_encoder_projector(config, in_channels=in_channels, rngs=rngs)
   prototypes = nnx.Linear(config.model.head.out_dim, config.swav.num_prototypes, use_bias=False, rngs=rngs)
-  model = SwAVModel(base.encoder, base.projector, prototypes, base.mean, base.std)
-  return model
+  return SwAVModel(base.encoder, base.projector, prototypes, base.mean, base.std)
 
 
 def num_views(config) -> int:
@@ -116,9 +115,8 @@ def _codes(scores, z, kernel, ctx):
   queue, filled = ctx.extra['queue'], ctx.extra['queue_filled']
   started = ctx.step >= round(s.queue_start_epoch * ctx.steps_per_epoch)
   use = started & (filled >= s.queue_length)
-  codes, pushed = [], []
+  codes, pushed, b = [], [], scores.shape[0]
   for i, v in enumerate(assign):
-    b = scores.shape[0]
     with_queue = sinkhorn(jnp.concatenate([queue[i] @ jax.lax.stop_gradient(kernel), scores[:, v]]))[-b:]
     codes.append(jnp.where(use, with_queue, sinkhorn(scores[:, v])))
     pushed.append(jnp.concatenate([jax.lax.stop_gradient(z[:, v]), queue[i]])[:s.queue_length])
