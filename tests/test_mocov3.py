@@ -77,7 +77,7 @@ def test_no_gradient_reaches_the_momentum_encoder():
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, stats))  # stats of this trace level
     return mocov3.loss_fn(model, views, batch, jax.random.key(1), run_ctx)[0]
 
-  g_online, g_target = jax.grad(loss, argnums=(0, 1))(params, extra['target']['params'])
+  g_online, g_target = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, extra['target']['params'])
   assert all(not np.any(g) for g in jax.tree.leaves(g_target))
   assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(g_online)) > 0
   # The projector and predictor are bias-free (the official _build_mlp); the projector ends in a BN
