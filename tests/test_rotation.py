@@ -194,7 +194,7 @@ def test_frameworks_that_do_not_declare_rotation_refuse_it():
   config = selfcon_digits.get_config('runlocal')
   config.rotation = _config('simclr', enabled=True).rotation
   with pytest.raises(UserError, match="rotation.enabled=True does not support method 'selfcon'; use one of "
-                     'byol, moco, simclr, simsiam, supcon'):
+                     'byol, moco, mocov3, simclr, simsiam, supcon, swav'):
     methods.get_method(config)
 
 
