@@ -42,7 +42,7 @@ PEAK_TFLOPS = {'NVIDIA H200': 989.0, 'NVIDIA H100 80GB HBM3': 989.0, 'NVIDIA H10
 _R18 = ('simclr_cifar10:synthetic', ['batch_size=512'])
 _R50 = ('fusion_imagenet:synthetic,fusion=false', ['batch_size=256', 'model.dtype=bfloat16'])
 # What --tiny changes in every recipe: toy shapes that keep each part's code path.
-_TINY = ['batch_size=8', 'model.bn_group_size=0', 'model.width=0.125', 'model.num_stages=2',
+_TINY = ['batch_size=8', 'model.bn_group_size=0', 'model.width=0.125', 'model.num_stages=3',
          'model.head.hidden_dim=16', 'model.head.out_dim=8']
 _TINY_PX = 32  # the 224 px parts at --tiny (the ImageNet stem needs 32 px)
 
@@ -90,15 +90,17 @@ class Context:
   def left_s(self) -> float:
     return self.args.budget_s - (time.perf_counter() - self.started)
 
-  def config(self, spec: str, assignments: list, tiny_px: bool = False):
-    """Recipe `spec` with `assignments`, shrunk by --tiny (and 224 px parts to _TINY_PX)."""
-    tiny = [*_TINY, *([f'data.synthetic_shape=({_TINY_PX}, {_TINY_PX}, 3)', f'data.image_size={_TINY_PX}']
-                      if tiny_px else [])] if self.args.tiny else []
+  def config(self, spec: str, assignments: list, tiny_px: bool = False, tiny: tuple = ()):
+    """Recipe `spec` with `assignments`, shrunk by --tiny (_TINY, the part's own `tiny` assignments, and
+    224 px parts to _TINY_PX)."""
+    tiny = [*_TINY, *tiny, *([f'data.synthetic_shape=({_TINY_PX}, {_TINY_PX}, 3)', f'data.image_size={_TINY_PX}']
+                             if tiny_px else [])] if self.args.tiny else []
     return recipes.load_with(spec, [*assignments, *tiny])
 
-  def step(self, part: str, spec: str, assignments: list, *, budget_s: float, tiny_px: bool = False) -> dict:
+  def step(self, part: str, spec: str, assignments: list, *, budget_s: float, tiny_px: bool = False,
+           tiny: tuple = ()) -> dict:
     """Measures one recipe's step (`benchmark.measure_step`), adds its row and returns its results."""
-    config = self.config(spec, assignments, tiny_px)
+    config = self.config(spec, assignments, tiny_px, tiny)
     r = benchmark.measure_step(config, steps=self.args.steps, budget_s=budget_s)
     peak = self.peak or PEAK_TFLOPS.get(r['device_kind'])
     r['mfu'] = r['tflops_per_s'] / r['devices'] / peak if peak else None
@@ -126,7 +128,10 @@ def _resnet50(ctx, budget_s):
 
 
 def _vit(ctx, budget_s):
-  from ssl_jax.models import vit  # pylint: disable=g-import-not-at-top
+  try:
+    from ssl_jax.models import vit  # pylint: disable=g-import-not-at-top
+  except ImportError:  # an ssl_jax without ViTs
+    vit = None
   if 'vit_small' not in getattr(vit, 'ARCHS', {}):
     ctx.table.notes.append('ViT-S/16: skipped, this ssl_jax has no vit_small')
     return
@@ -156,12 +161,12 @@ def _torch_ratio(ctx, budget_s):
                              jx['peak_bytes'] / pt['peak_bytes'] if pt.get('peak_bytes') else None, '< 1'))
 
 
-def _pair(name, candidate, baseline, target, tiny_px=False):
+def _pair(name, candidate, baseline, target, tiny_px=False, tiny=()):
   """A part measuring two recipes ((spec, assignments) each) and their ratio."""
 
   def run(ctx, budget_s):
-    c = ctx.step(f'{name}: candidate', *candidate, budget_s=budget_s / 2, tiny_px=tiny_px)
-    b = ctx.step(f'{name}: baseline', *baseline, budget_s=budget_s / 2, tiny_px=tiny_px)
+    c = ctx.step(f'{name}: candidate', *candidate, budget_s=budget_s / 2, tiny_px=tiny_px, tiny=tiny)
+    b = ctx.step(f'{name}: baseline', *baseline, budget_s=budget_s / 2, tiny_px=tiny_px, tiny=tiny)
     ctx.ratio(name, c, b, target)
 
   return run
@@ -200,7 +205,8 @@ def parts() -> list[Part]:
       Part('s3l', 90, _pair('S3L 112 px / 224 px (R50)', ('s3l_simclr_cub:synthetic,res=112', s3l),
                             ('s3l_simclr_cub:synthetic,res=224', s3l), 'about 0.25 (pixels)', tiny_px=True)),
       Part('fusion', 50, _pair('batch fusion on / off (SimCLR R18)', ('fusion_cifar:synthetic', ['batch_size=512']),
-                               ('fusion_cifar:synthetic,fusion=false', ['batch_size=512']), 'small overhead')),
+                               ('fusion_cifar:synthetic,fusion=false', ['batch_size=512']), 'small overhead',
+                               tiny=('fusion.group_size=8',))),
       Part('rotation', 50, _pair('rotation add-on / SimCLR (R18)',
                                  ('rotation_cifar:synthetic,framework=simclr', []),
                                  ('rotation_cifar:synthetic,framework=simclr,rotation=false', []),
