@@ -201,7 +201,7 @@ def _head(in_dim: int, h, bn_momentum: float):
 
 
 class EncoderProjector(_Module):
-  """The encoder and its projector, as `ssl_jax.methods.common.EncoderProjector` (normalisation: in the views)."""
+  """The encoder and its projector, as `ssl_jax.models.EncoderProjector` (normalisation: in the views)."""
 
   def __init__(self, config, in_channels: int):
     super().__init__()

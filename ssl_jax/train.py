@@ -312,6 +312,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   run_plan = stages.plan(config, steps_per_epoch)
   total_steps, resolution_at = run_plan.total_steps, run_plan.image_size_at
   in_channels = train_source.image_shape[-1] if train_source.image_shape else 3
+  methods.check_labels(method, config, train_source.num_classes)
 
   # Model, optimizer, method; the state sharded onto the mesh; the jitted step per view resolution.
   run = setup(config, mesh, method, run_plan, steps_per_epoch=steps_per_epoch, in_channels=in_channels,

@@ -12,32 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.data import augment
+from ssl_jax import models
 from ssl_jax.errors import UserError
 from ssl_jax.methods import common
 
 
-class TwoBranchModel(nnx.Module):
-  """An online encoder + projector and an optional predictor on top of it."""
-
-  def __init__(self, online: common.EncoderProjector, predictor=None):
-    self.online = online
-    self.predictor = predictor
-
-  @property
-  def encoder(self):
-    """The online encoder (what evaluation and `load_encoder` read)."""
-    return self.online.encoder
-
-  def features(self, images, *, train: bool, after_stem=None):
-    """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C)."""
-    return self.online.features(images, train=train, after_stem=after_stem)
-
-  def __call__(self, images, *, train: bool, return_features: bool = False, after_stem=None):
-    """The online projections (N, P), as `EncoderProjector.__call__`: add-ons reach all frameworks alike."""
-    return self.online(images, train=train, return_features=return_features, after_stem=after_stem)
-
-
-def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: bool) -> TwoBranchModel:
+def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: bool) -> models.TwoBranchModel:
   """The online EncoderProjector of `config.model`, plus the `config.model.predictor` MLP if asked."""
   online = common.build_encoder_projector(config, in_channels=in_channels, rngs=rngs)
   head = None
@@ -47,7 +27,7 @@ def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: boo
                       f'model.head.out_dim={config.model.head.out_dim}: the prediction regresses the '
                       'projection')
     head = common.build_head(config.model.predictor, config.model.head.out_dim, config=config, rngs=rngs)
-  return TwoBranchModel(online, head)
+  return models.TwoBranchModel(online, head)
 
 
 def two_views(key, batch, ctx):

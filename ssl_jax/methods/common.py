@@ -6,27 +6,7 @@ import jax.numpy as jnp
 from ssl_jax import data, losses
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
-from ssl_jax.models import MLPHead, compute_dtype, create_encoder
-
-
-class EncoderProjector(nnx.Module):
-  """An encoder, its projection head, and the input normalisation of the dataset it trains on."""
-
-  def __init__(self, encoder, projector, mean, std):
-    self.encoder = encoder
-    self.projector = projector
-    # Static tuples: part of the graph definition, so a restored model normalises exactly as it trained.
-    self.mean, self.std = tuple(mean), tuple(std)
-
-  def features(self, images, *, train: bool, after_stem=None):
-    """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C) (`after_stem`: see ResNet)."""
-    return self.encoder(augment.normalize(images, self.mean, self.std), train=train, after_stem=after_stem)
-
-  def __call__(self, images, *, train: bool, return_features: bool = False, after_stem=None):
-    """Projections (N, P) of float images in [0, 1]; with `return_features`, also the encoder features."""
-    h = self.features(images, train=train, after_stem=after_stem)
-    z = self.projector(h, train=train)
-    return (z, h) if return_features else z
+from ssl_jax.models import EncoderProjector, MLPHead, compute_dtype, create_encoder
 
 
 def build_encoder(config, *, in_channels: int, rngs: nnx.Rngs):

@@ -25,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import data, losses, methods
+from ssl_jax import data, losses, methods, models
 from ssl_jax.errors import UserError
 from ssl_jax.methods import _momentum, common
 from ssl_jax.models import MLPHead
@@ -73,8 +73,8 @@ def build_model(config, *, in_channels, rngs):
   encoder = common.build_encoder(config, in_channels=in_channels, rngs=rngs)
   projector = _head(config.model.head, encoder.out_dim, config, rngs)
   mean, std = data.image_stats(config.data.name, in_channels)
-  online = common.EncoderProjector(encoder, projector, mean, std)
-  return _momentum.TwoBranchModel(online, _head(config.model.predictor, config.model.head.out_dim, config, rngs))
+  online = models.EncoderProjector(encoder, projector, mean, std)
+  return models.TwoBranchModel(online, _head(config.model.predictor, config.model.head.out_dim, config, rngs))
 
 
 def num_views(config):

@@ -40,7 +40,7 @@ from ssl_jax.methods import common
 
 CAPABILITIES = methods.Capabilities(addons=('fusion',), backbones=('resnet', 'vit'), config_blocks=('repmix',))
 
-# SimCLR's encoder + projector (`common.EncoderProjector`): RepMix adds no parameters.
+# SimCLR's encoder + projector (`models.EncoderProjector`): RepMix adds no parameters.
 build_model = common.build_encoder_projector
 
 

@@ -33,7 +33,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import losses, methods
+from ssl_jax import losses, methods, models
 from ssl_jax.data import multicrop
 from ssl_jax.errors import UserError
 from ssl_jax.methods import common
@@ -41,7 +41,7 @@ from ssl_jax.methods import common
 CAPABILITIES = methods.Capabilities(addons=('rotation',), config_blocks=('swav', 'multicrop'), multi_crop=True)
 
 
-class SwAVModel(common.EncoderProjector):
+class SwAVModel(models.EncoderProjector):
   """Encoder, projector and prototypes; calling it gives the L2-normalised projections."""
 
   def __init__(self, encoder, projector, prototypes, mean, std):

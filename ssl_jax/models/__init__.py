@@ -1,5 +1,6 @@
 """The model zoo: ResNet and ViT encoders, MLP heads, a device-count-independent (ghost) BatchNorm, batch
-fusion, the compute dtype."""
+fusion, the compute dtype, and the models the frameworks train (composite.py; SelfCon's multi_exit.py)."""
+from ssl_jax.models.composite import EncoderProjector, TwoBranchModel
 from ssl_jax.models.fusion import BatchFusion
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.models.norm import BatchNorm
@@ -8,7 +9,8 @@ from ssl_jax.models.resnet import ResNet, create_encoder
 from ssl_jax.models import vit
 from ssl_jax.models.vit import ViT
 
-__all__ = ['BatchFusion', 'BatchNorm', 'MLPHead', 'ResNet', 'ViT', 'compute_dtype', 'create_encoder', 'family']
+__all__ = ['BatchFusion', 'BatchNorm', 'EncoderProjector', 'MLPHead', 'ResNet', 'TwoBranchModel', 'ViT',
+           'compute_dtype', 'create_encoder', 'family']
 
 
 def family(name: str) -> str:

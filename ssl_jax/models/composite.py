@@ -1,0 +1,49 @@
+"""The models the frameworks train: an encoder with its heads and its input normalisation.
+
+Every model has an `encoder` attribute and `features(images, *, train)` (float images in [0, 1]), which
+evaluation and `ssl_jax.load_encoder` read; the methods in ssl_jax/methods/ build them from the config.
+"""
+from flax import nnx
+
+from ssl_jax.data import augment
+
+
+class EncoderProjector(nnx.Module):
+  """An encoder, its projection head, and the input normalisation of the dataset it trains on."""
+
+  def __init__(self, encoder, projector, mean, std):
+    self.encoder = encoder
+    self.projector = projector
+    # Static tuples: part of the graph definition, so a restored model normalises exactly as it trained.
+    self.mean, self.std = tuple(mean), tuple(std)
+
+  def features(self, images, *, train: bool, after_stem=None):
+    """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C) (`after_stem`: see ResNet)."""
+    return self.encoder(augment.normalize(images, self.mean, self.std), train=train, after_stem=after_stem)
+
+  def __call__(self, images, *, train: bool, return_features: bool = False, after_stem=None):
+    """Projections (N, P) of float images in [0, 1]; with `return_features`, also the encoder features."""
+    h = self.features(images, train=train, after_stem=after_stem)
+    z = self.projector(h, train=train)
+    return (z, h) if return_features else z
+
+
+class TwoBranchModel(nnx.Module):
+  """An online encoder + projector and an optional predictor on top of it."""
+
+  def __init__(self, online: EncoderProjector, predictor=None):
+    self.online = online
+    self.predictor = predictor
+
+  @property
+  def encoder(self):
+    """The online encoder (what evaluation and `load_encoder` read)."""
+    return self.online.encoder
+
+  def features(self, images, *, train: bool, after_stem=None):
+    """Encoder features (N, D) of float images in [0, 1], shape (N, H, W, C)."""
+    return self.online.features(images, train=train, after_stem=after_stem)
+
+  def __call__(self, images, *, train: bool, return_features: bool = False, after_stem=None):
+    """The online projections (N, P), as `EncoderProjector.__call__`: add-ons reach all frameworks alike."""
+    return self.online(images, train=train, return_features=return_features, after_stem=after_stem)
