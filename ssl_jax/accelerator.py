@@ -1,6 +1,7 @@
 r"""The accelerator table in one command: README "Performance"'s figures on whatever accelerator JAX sees.
 
-    python -m ssl_jax.accelerator --out DIR [--peak_tflops F] [--budget_s 420] [--steps 10] [--tiny]
+    python -m ssl_jax.accelerator --out DIR [--peak_tflops F] [--budget_s 420] [--steps 10] [--tiny] \
+        [--parts resnet18,pytorch,...]
 
 (`launch/accelerator_bench.sh DIR` wraps it with the bootstrap of a bare machine.) In one process tree, each
 part built by `ssl_jax.benchmark` (the trainer's own step, `train.setup`, synthetic data kept on the device
@@ -251,7 +252,7 @@ def run_all(args, out: pathlib.Path) -> str:
   timer = threading.Timer(args.budget_s + 60, watchdog)
   timer.daemon = True
   timer.start()
-  for part in parts():
+  for part in [p for p in parts() if not args.parts or p.name in args.parts]:
     if part.name != 'pytorch' and not table.header:
       table.header = _header(args)
     budget = part.budget_s
@@ -280,8 +281,14 @@ def main(argv=None) -> int:
   parser.add_argument('--budget_s', type=float, default=420.0, help='seconds for the whole table')
   parser.add_argument('--steps', type=int, default=10, help='timed steps per measurement')
   parser.add_argument('--tiny', action='store_true', help='toy sizes (the CPU test)')
+  parser.add_argument('--parts', default='', help='only these parts, comma-separated (default: all)')
   args = parser.parse_args(argv)
   try:
+    names = [p.name for p in parts()]
+    args.parts = [n for n in args.parts.split(',') if n]
+    unknown = [n for n in args.parts if n not in names]
+    if unknown:
+      raise UserError(f'--parts: unknown {", ".join(unknown)}; the parts are {", ".join(names)}')
     if args.steps < 1 or args.budget_s <= 0 or (args.peak_tflops is not None and args.peak_tflops <= 0):
       raise UserError('--steps, --budget_s and --peak_tflops must be positive')
     out = pathlib.Path(args.out)
