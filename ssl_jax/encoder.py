@@ -89,13 +89,15 @@ def read_checkpoint(path) -> tuple[ml_collections.ConfigDict, dict, pathlib.Path
 
 
 def _stem_kernel(tree):
-  """The encoder's stem kernel in a params tree: at encoder/stem_conv/kernel, or inside a sub-model (the
-  online branch of BYOL, SimSiam and MoCo); None when there is none."""
+  """The encoder's input kernel (kh, kw, in_channels, out) in a state tree: a ResNet's encoder/stem_conv/kernel
+  or a ViT's encoder/patch_kernel, or inside a sub-model (the online branch of BYOL, SimSiam and MoCo); None
+  when there is none."""
   if not isinstance(tree, dict):
     return None
   encoder = tree.get('encoder')
-  if isinstance(encoder, dict) and isinstance(encoder.get('stem_conv'), dict):
-    kernel = encoder['stem_conv'].get('kernel')
+  if isinstance(encoder, dict):
+    stem = encoder.get('stem_conv')
+    kernel = stem.get('kernel') if isinstance(stem, dict) else encoder.get('patch_kernel')
     if hasattr(kernel, 'shape'):
       return kernel
   return next((k for k in map(_stem_kernel, tree.values()) if k is not None), None)
@@ -111,7 +113,9 @@ def build_from_checkpoint(path):
     (config, model): the ConfigDict and the method's nnx model (encoder, heads, input normalisation).
   """
   config, state, step_dir = read_checkpoint(path)
+  # MoCo v3's frozen patch projection is kept beside the batch statistics, not with the params.
   kernel = _stem_kernel(state['params'])
+  kernel = _stem_kernel(state['batch_stats']) if kernel is None else kernel
   if kernel is None:
     raise UserError(f'the checkpoint at {step_dir} holds no encoder stem; it is not an ssl_jax encoder')
   method = methods.get_method(config)
@@ -144,7 +148,7 @@ class Encoder:
     self.config = config
     self.image_size = int(config.data.image_size)
     self.batch_size = batch_size
-    self.in_channels = int(model.encoder.stem_conv.kernel.shape[-2])
+    self.in_channels = int(model.encoder.in_channels)
     self.feature_dim = int(model.encoder.out_dim)
     self.graphdef, self.params, self.batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     self._features = jax.jit(functools.partial(inference_features, self.graphdef, resolution=self.image_size))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ssl_jax
 from configs import mocov3_cifar10, selfcon_digits
 from ssl_jax import methods, train
 from ssl_jax.errors import UserError
@@ -98,6 +99,13 @@ def test_resume_is_exact(tmp_path, monkeypatch):
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[2]['extra']['target']['params']),
                                                     jax.tree.leaves(states[3]['extra']['target']['params']))]
   assert any(moved)  # the momentum encoder follows the base encoder (m < 1 until the last update)
+  # load_encoder reads a ViT run, whose frozen patch projection is kept beside the batch statistics.
+  assert c.model.freeze_patch_embed
+  encoder = ssl_jax.load_encoder(tmp_path / 'straight')
+  images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+  features = encoder.embed(images)
+  assert features.shape == (5, encoder.feature_dim) and np.isfinite(features).all()
+  np.testing.assert_allclose(encoder.embed(images[:2]), features[:2], rtol=1e-5, atol=1e-6)
   runs.preempt_after_step_3(c, tmp_path / 'resumed', monkeypatch)
   train.train_and_evaluate(c, tmp_path / 'resumed')
   assert runs.logged(tmp_path / 'resumed') == runs.logged(tmp_path / 'straight')

@@ -168,6 +168,7 @@ class ResNet(nnx.Module):
 
     self.max_pool = stem == 'imagenet'
     self.stem_stride, self.stem_dim = (4 if self.max_pool else 1), widths[0]
+    self.in_channels = in_channels
     self.stem_conv = _conv(in_channels, widths[0], 7 if self.max_pool else 3, 2 if self.max_pool else 1,
                            dtype=dtype, rngs=rngs)
     self.stem_bn = norm(widths[0])

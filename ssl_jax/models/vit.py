@@ -170,6 +170,7 @@ class ViT(nnx.Module):
     self.patch_size, self.pool, self.dtype = patch_size, pool, dtype
     self.frozen_patch_embed = freeze_patch_embed
     self.out_dim = self.stem_dim = dim
+    self.in_channels = in_channels
     self.stem_stride = self.min_input_size = patch_size
 
   def embed_patches(self, x: jax.Array) -> jax.Array:
