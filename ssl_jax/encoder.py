@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from ssl_jax import methods, paths
+from ssl_jax import config_schema, methods, paths
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import exits
 from ssl_jax.evaluate.features import inference_features
@@ -113,6 +113,7 @@ def build_from_checkpoint(path):
     (config, model): the ConfigDict and the method's nnx model (encoder, heads, input normalisation).
   """
   config, state, step_dir = read_checkpoint(path)
+  config_schema.check_saved(config, step_dir)
   # MoCo v3's frozen patch projection is kept beside the batch statistics, not with the params.
   kernel = _stem_kernel(state['params'])
   kernel = _stem_kernel(state['batch_stats']) if kernel is None else kernel

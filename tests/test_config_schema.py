@@ -118,3 +118,14 @@ def test_unknown_field_suggests_the_nearest():
   config.warmup = 3
   with pytest.raises(UserError, match="'warmup' is unknown"):
     config_schema.validate(config)
+
+
+def test_a_saved_config_without_a_current_field_is_refused_naming_it():
+  config = _variants('byol_cifar10')['runlocal'].to_dict()
+  assert 'selfcon' not in config   # blocks only other methods read may be absent
+  config_schema.check_saved(config, 'runs/x/checkpoints/3')
+  config_schema.check_saved({k: v for k, v in config.items() if k not in ('ema', 'augment2')}, 'here')
+  del config['loss']['chunk_size']
+  with pytest.raises(UserError, match=r"^the checkpoint at runs/x/checkpoints/3 was written by an older "
+                     r"ssl_jax: its config has no field 'loss.chunk_size'; retrain"):
+    config_schema.check_saved(config, 'runs/x/checkpoints/3')

@@ -22,7 +22,7 @@ import runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Every framework that accepts the add-on and has a CIFAR recipe (what configs/fusion_cifar.py builds on).
-FRAMEWORKS = [m for m in methods.available() if 'fusion' in methods._framework(m).capabilities.addons
+FRAMEWORKS = [m for m in methods.available() if 'fusion' in methods.capabilities(m).addons
               and (ROOT / 'configs' / f'{m}_cifar10.py').exists()]
 
 
@@ -326,7 +326,7 @@ def test_gated_first_step_at_alpha_zero_equals_the_framework_alone(placement):
 
 @pytest.mark.parametrize('framework', FRAMEWORKS)
 def test_plugs_into_every_framework(framework):
-  placements = ['input'] + (['stem'] if methods._framework(framework).capabilities.stem_hook else [])
+  placements = ['input'] + (['stem'] if methods.capabilities(framework).stem_hook else [])
   for placement in placements:
     c = _tiny(framework, placement=placement)
     try:

@@ -106,6 +106,11 @@ def available() -> list[str]:
   return sorted(n for n in names if not n.startswith('_') and n != 'common' and n not in ADDONS)
 
 
+def capabilities(name: str) -> Capabilities:
+  """What framework `name` declares (its module's CAPABILITIES)."""
+  return _framework(name).capabilities
+
+
 def get_method(config) -> Method:
   """The framework `config.method`, checked against `config` and extended by every add-on it switches on.
 
@@ -126,7 +131,7 @@ def get_method(config) -> Method:
     addon = importlib.import_module(f'{__name__}.{name}')
     if addon.enabled(config):
       if name not in caps.addons:
-        accepting = [m for m in available() if name in _framework(m).capabilities.addons]
+        accepting = [m for m in available() if name in capabilities(m).addons]
         raise UserError(f'{name}.enabled=True does not support method {config.method!r}; use one of '
                         f'{", ".join(accepting)} or set --config.{name}.enabled=False')
       method = addon.apply(method, config)
@@ -145,7 +150,7 @@ def _check_backbone(config, caps: Capabilities) -> None:
   """Raises UserError when the framework cannot train `config.model.name`'s encoder family."""
   family = models.family(config.model.name)
   if family not in caps.backbones:
-    accepting = [m for m in available() if family in _framework(m).capabilities.backbones]
+    accepting = [m for m in available() if family in capabilities(m).backbones]
     raise UserError(f'method {config.method!r} cannot train a {family} encoder ({config.model.name}); use one '
                     f'of its encoders ({", ".join(caps.backbones)}) or a method that can: {", ".join(accepting)}')
   # Batch fusion at the stem works on ResNet stem outputs (its patch check reads the ResNet stem's stride).
