@@ -40,6 +40,7 @@ def test_every_recipe_passes_validation():
     assert 'runlocal' in variants, name
     for config in variants.values():
       config_schema.validate(config)
+      config_schema.check_saved(config, name)   # what a run of this release saves is readable again
 
 
 def _bad_values(spec) -> list[str]:
