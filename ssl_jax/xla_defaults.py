@@ -3,10 +3,10 @@
 On the CPU, this jaxlib hands some work (dots, reductions) to YNNPACK. With that off
 (`--xla_cpu_experimental_ynn_fusion_type=`, an empty list of YNNPACK fusion types) the SimCLR ResNet-18 step
 (batch 32) ran in 0.51x-0.57x the time with 0.61x the memory on the 2-core CPU, the loss within 4e-5
-(relative) after 8 steps, and the quickstart step in 0.78x; the commands are in README "Performance". An unknown XLA flag aborts the process, so a flag is
-added only when this jaxlib's library names it, never over a value the user already put in XLA_FLAGS, and not
-at all with SSL_JAX_XLA_DEFAULTS=0 (jaxlib's own defaults). It reaches only backends that start after the
-import (XLA reads XLA_FLAGS once).
+(relative) after 8 steps, and the quickstart step in 0.78x; the commands are in README "Performance". An
+unknown XLA flag aborts the process, so a flag is added only when this jaxlib's library names it, never over
+a value the user already put in XLA_FLAGS, and not at all with SSL_JAX_XLA_DEFAULTS=0 (jaxlib's own
+defaults). It reaches only backends that start after the import (XLA reads XLA_FLAGS once).
 """
 import importlib.util
 import mmap
