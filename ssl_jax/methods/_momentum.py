@@ -30,6 +30,18 @@ def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: boo
   return models.TwoBranchModel(online, head)
 
 
+def num_views(config):
+  """Two views per image (cropped on the host for variable-size data)."""
+  del config
+  return 2
+
+
+def init_target_extra(model, config):
+  """The method state of BYOL and MoCo v3: the target, a copy of the online encoder + projector."""
+  del config
+  return {'target': init_target(model.online)}
+
+
 def two_views(key, batch, ctx):
   """Views (B, 2, R, R, C): view 1 drawn from `config.augment`, view 2 from `config.augment2`."""
   config = ctx.config

@@ -23,14 +23,10 @@ def build_model(config, *, in_channels, rngs):
   return _momentum.build_two_branch(config, in_channels=in_channels, rngs=rngs, predictor=True)
 
 
-def num_views(config):
-  """Two views per image (cropped on the host for variable-size data)."""
-  return 2
+num_views = _momentum.num_views
 
 
-def init_extra(model, config):
-  """The target network: a copy of the online encoder + projector."""
-  return {'target': _momentum.init_target(model.online)}
+init_extra = _momentum.init_target_extra
 
 
 make_views = _momentum.two_views

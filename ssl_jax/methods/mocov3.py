@@ -77,14 +77,10 @@ def build_model(config, *, in_channels, rngs):
   return models.TwoBranchModel(online, _head(config.model.predictor, config.model.head.out_dim, config, rngs))
 
 
-def num_views(config):
-  """Two views per image (cropped on the host for variable-size data)."""
-  return 2
+num_views = _momentum.num_views
 
 
-def init_extra(model, config):
-  """The momentum encoder: a copy of the base encoder + projector."""
-  return {'target': _momentum.init_target(model.online)}
+init_extra = _momentum.init_target_extra  # the momentum encoder: a copy of the base encoder + projector
 
 
 make_views = _momentum.two_views

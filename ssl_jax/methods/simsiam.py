@@ -19,9 +19,7 @@ def build_model(config, *, in_channels, rngs):
   return _momentum.build_two_branch(config, in_channels=in_channels, rngs=rngs, predictor=True)
 
 
-def num_views(config):
-  """Two views per image (cropped on the host for variable-size data)."""
-  return 2
+num_views = _momentum.num_views
 
 
 make_views = _momentum.two_views
