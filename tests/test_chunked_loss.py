@@ -112,7 +112,8 @@ def test_methods_read_loss_chunk_size():
   z, labels = _features(5, 6, 2), jnp.asarray([0, 1, 0, 1, 2, 2], jnp.int32)
   for reduction, lab in (('mean_of_log', labels), ('log_of_mean', None)):
     for size in (0, 5):
-      cfg = ml_collections.ConfigDict(dict(temperature=0.2, reduction=reduction, chunk_size=size))
+      cfg = ml_collections.ConfigDict(dict(temperature=0.2, reduction=reduction, chunk_size=size,
+                                           supcon_form='out', no_positive='exclude'))
       assert _scans(lambda z: common.contrastive_objective(z, lab, cfg), z) == (1 if size else 0)
   # SelfCon-S*: both of its terms (sub-network anchors, then the backbone's SupCon-S) are chunked.
   zs = _features(6, 6, 2).reshape(6, 1, 2, 8)  # (B, views, exits, P)

@@ -185,8 +185,8 @@ def test_moco_queue_must_take_whole_batches():
 def test_missing_config_block_is_named():
   c = byol_cifar10.get_config('runlocal')
   del c.model['predictor']
-  with pytest.raises(UserError, match='model.predictor'):
-    byol.build_model(c, in_channels=3, rngs=nnx.Rngs(0))
+  with pytest.raises(UserError, match='needs the config block `model.predictor`'):
+    methods.get_method(c)
 
 
 def test_moco_enqueue_is_fifo():

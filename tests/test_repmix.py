@@ -39,7 +39,8 @@ def test_both_loss_forms_match_numpy(tau):
   z = np.random.default_rng(0).normal(size=(6, 2, 5)).astype(np.float32)
   p = _numpy_p(z, tau)
   log_of_mean, mean_of_log = -np.log(p.mean()), -np.log(p).mean()
-  cfg = lambda reduction: ml_collections.ConfigDict(dict(temperature=tau, reduction=reduction))
+  cfg = lambda reduction: ml_collections.ConfigDict(dict(temperature=tau, reduction=reduction, chunk_size=0,
+                                                       supcon_form='out', no_positive='exclude'))
   objective = lambda reduction: common.contrastive_objective(z, None, cfg(reduction))
   np.testing.assert_allclose(losses.nt_xent_log_of_mean(z, temperature=tau), log_of_mean, rtol=1e-5)
   np.testing.assert_allclose(objective('log_of_mean'), log_of_mean, rtol=1e-5)

@@ -111,12 +111,11 @@ def contrastive_objective(z, labels, loss_cfg):
   'log_of_mean' is `losses.nt_xent_log_of_mean`, the RepMix code's form (two views, no labels).
   `loss_cfg.chunk_size` > 0 computes either in chunks of that many anchors (same value, O(N·C) memory).
   'mean_of_log' also reads `supcon_form` ('out' | 'in') and `no_positive` ('exclude' | 'zero'), see
-  `losses.contrastive_loss`; a loss block without them (a caller's own) gets 'out' and 'exclude'.
+  `losses.contrastive_loss`.
   """
   if loss_cfg.reduction == 'mean_of_log':
     return losses.contrastive_loss(z, labels, temperature=loss_cfg.temperature, chunk_size=loss_cfg.chunk_size,
-                                   form=loss_cfg.get('supcon_form', 'out'),
-                                   no_positive=loss_cfg.get('no_positive', 'exclude'))
+                                   form=loss_cfg.supcon_form, no_positive=loss_cfg.no_positive)
   return losses.nt_xent_log_of_mean(z, temperature=loss_cfg.temperature, chunk_size=loss_cfg.chunk_size)
 
 
