@@ -43,9 +43,8 @@ def init_target_extra(model, config):
 
 
 def two_views(key, batch, ctx):
-  """Views (B, 2, R, R, C): view 1 drawn from `config.augment`, view 2 from `config.augment2`."""
-  config = ctx.config
-  return augment.make_views(key, batch['image'], [config.augment, config.augment2], ctx.resolution)
+  """Views (B, 2, R, R, C); view i from `augment{i}`, else `augment` (BYOL's asymmetric view 2: `augment2`)."""
+  return augment.make_views(key, batch['image'], augment.view_configs(ctx.config, 2), ctx.resolution)
 
 
 def flatten_views(views):

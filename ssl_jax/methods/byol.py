@@ -13,7 +13,7 @@ from ssl_jax.methods import _momentum, common
 
 CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True,
                                     backbones=('resnet', 'vit'),
-                                    config_blocks=('augment2', 'ema', 'model.predictor'))
+                                    config_blocks=('ema', 'model.predictor'))
 
 check_config = _momentum.check_ema
 

@@ -32,7 +32,7 @@ from ssl_jax.methods import _momentum, common
 
 CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True,
                                     backbones=('resnet', 'vit'),
-                                    config_blocks=('augment2', 'ema', 'moco'))
+                                    config_blocks=('ema', 'moco'))
 
 
 def check_config(config) -> None:

@@ -31,7 +31,7 @@ from ssl_jax.methods import _momentum, common
 from ssl_jax.models import MLPHead
 
 CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True, backbones=('resnet', 'vit'),
-                                    config_blocks=('augment2', 'ema', 'model.predictor'))
+                                    config_blocks=('ema', 'model.predictor'))
 
 
 def check_config(config) -> None:

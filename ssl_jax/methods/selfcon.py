@@ -122,9 +122,9 @@ def num_views(config) -> int:
 
 
 def make_views(key, batch, ctx):
-  """`num_views` augmented views (B, V, R, R, C) in [0, 1], all drawn from `config.augment`."""
+  """`num_views` augmented views (B, V, R, R, C) in [0, 1]; view i from `augment{i}`, else `augment`."""
   config = ctx.config
-  return augment.make_views(key, batch['image'], [config.augment] * num_views(config), ctx.resolution)
+  return augment.make_views(key, batch['image'], augment.view_configs(config, num_views(config)), ctx.resolution)
 
 
 def objective(z, labels, *, name: str, alpha: float, temperature: float, base_temperature: float | None,

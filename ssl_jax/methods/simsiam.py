@@ -11,7 +11,7 @@ from ssl_jax.methods import _momentum, common
 
 CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=True,
                                     backbones=('resnet', 'vit'),
-                                    config_blocks=('augment2', 'model.predictor'))
+                                    config_blocks=('model.predictor',))
 
 
 def build_model(config, *, in_channels, rngs):
