@@ -1,12 +1,14 @@
-"""XLA settings ssl_jax applies by default, before JAX starts its backend (`import ssl_jax` calls `apply`).
+"""XLA settings ssl_jax applies when SSL_JAX_XLA_DEFAULTS=1, before JAX starts its backend (`import ssl_jax`
+calls `apply`). Opt-in: with them, programs that must agree (one device vs eight, a framework alone vs the same
+framework with a zero-weight add-on) differed by up to 1% in the parameters after two steps, where jaxlib's
+defaults agree within 1e-4 (tests/test_frameworks.py, tests/test_fusion.py), so they are not the default.
 
 On the CPU, this jaxlib hands some work (dots, reductions) to YNNPACK. With that off
 (`--xla_cpu_experimental_ynn_fusion_type=`, an empty list of YNNPACK fusion types) the SimCLR ResNet-18 step
 (batch 32) ran in 0.51x-0.57x the time with 0.61x the memory on the 2-core CPU, the loss within 4e-5
 (relative) after 8 steps, and the quickstart step in 0.78x; the commands are in README "Performance". An
 unknown XLA flag aborts the process, so a flag is added only when this jaxlib's library names it, never over
-a value the user already put in XLA_FLAGS, and not at all with SSL_JAX_XLA_DEFAULTS=0 (jaxlib's own
-defaults). It reaches only backends that start after the import (XLA reads XLA_FLAGS once).
+a value the user already put in XLA_FLAGS. It reaches only backends that start after the import (XLA reads XLA_FLAGS once).
 """
 import importlib.util
 import mmap
@@ -28,7 +30,7 @@ def _known_to_jaxlib(names) -> set:
 
 def apply() -> None:
   """Adds CPU_FLAGS that jaxlib knows and XLA_FLAGS does not set yet to XLA_FLAGS."""
-  if os.environ.get('SSL_JAX_XLA_DEFAULTS') == '0':
+  if os.environ.get('SSL_JAX_XLA_DEFAULTS') != '1':
     return
   current = os.environ.get('XLA_FLAGS', '')
   missing = [name for name in CPU_FLAGS if f'--{name}' not in current]

@@ -118,11 +118,12 @@ def _xla_flags_after_import(flags):
   return proc.stdout.strip().split('|')
 
 
-def test_the_cpu_default_turns_ynnpack_fusions_off_unless_the_user_set_them(monkeypatch):
+def test_opt_in_cpu_flags_turn_ynnpack_fusions_off_unless_the_user_set_them(monkeypatch):
   from ssl_jax import xla_defaults  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('SSL_JAX_XLA_DEFAULTS', raising=False)
+  assert _xla_flags_after_import('') == ['', 'True']  # jaxlib's own defaults unless asked
+  monkeypatch.setenv('SSL_JAX_XLA_DEFAULTS', '1')
   assert _xla_flags_after_import('') == ['--xla_cpu_experimental_ynn_fusion_type=', 'False']
   users = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE'
   assert _xla_flags_after_import(users) == [users, 'True']  # the user's value stands: YNNPACK reduces
   assert xla_defaults._known_to_jaxlib({'xla_no_such_flag_in_any_jaxlib'}) == set()
-  monkeypatch.setenv('SSL_JAX_XLA_DEFAULTS', '0')
-  assert _xla_flags_after_import('') == ['', 'True']  # jaxlib's own defaults
