@@ -347,7 +347,8 @@ def test_transfer_warm_up_and_fine_tune_in_one_command(mock_tfds, pretrained, mo
   (warm_cfg, warm_kw, start, warmed), (main_cfg, main_kw, main_start, tuned) = calls
   assert (warm_cfg.frozen_stages, warm_cfg.schedule, warm_cfg.mixup_alpha) == (3, 'constant', 0)
   assert warm_cfg.lr == 0.1 and warm_cfg.epochs == 1
-  assert warm_kw == {'update_frozen_stats': True} and main_cfg.frozen_stages == -1 and not main_kw
+  assert warm_kw == {'update_frozen_stats': True, 'what': 'conv5 warm-up'}  # 'what': its progress lines
+  assert main_cfg.frozen_stages == -1 and not main_kw
   assert main_cfg.mixup_alpha == 1.0 and main_cfg.crop == 'resize_crop' and main_cfg.epochs == 1
   new = [p for p in start if p[:2] == ('stages', 3)]
   assert new and set(start) == set(loaded) | set(new)
