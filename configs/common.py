@@ -78,7 +78,6 @@ def base_config() -> ml_collections.ConfigDict:
   # error that says how to prepare it. ImageNet is always a manual download.
   c.data = ml_collections.ConfigDict(dict(
       name='cifar10', data_dir='', download=True, root='', train_split='train', eval_split='test', image_size=32,
-      crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),  # host crops (variable-size datasets only)
       shuffle_buffer=50_000, synthetic_examples=1024, synthetic_shape=(32, 32, 3), synthetic_classes=10,
       # Small data: N random train examples, or n of every class, fixed by subset_seed (0 = whole split).
       subset_num=0, subset_per_class=0, subset_seed=0))

@@ -44,7 +44,8 @@ def get_config(arg=None):
     c.batch_size = 256
   c.total_epochs = 250.0
   c.loss.temperature = 0.5
-  c.data.crop_scale = (0.08, 1.0)
+  for view in (c.augment, c.augment2):
+    view.crop_scale = (0.08, 1.0)
   if arg.aug == 'cdoa':
     for view in (c.augment, c.augment2):  # random-resized crop (on the host) and nothing else
       view.update(dict(flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0))

@@ -50,7 +50,6 @@ def get_config(arg=None):
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
   c.data.image_size = 224
-  c.data.crop_scale = (0.08, 1.0)       # host crops of the full JPEGs
   c.data.synthetic_shape = (224, 224, 3)
   c.data.synthetic_classes = 100
   for view in ('augment', 'augment2'):

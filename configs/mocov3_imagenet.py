@@ -68,7 +68,7 @@ def get_config(arg=None):
 
   c.data.name = 'imagenet2012'
   c.data.image_size = 224
-  c.data.crop_scale = (0.08, 1.0) if vit else (0.2, 1.0)   # host crops (--crop-min)
+  c.augment.crop_scale = (0.08, 1.0) if vit else (0.2, 1.0)   # --crop-min
   c.augment.brightness, c.augment.contrast, c.augment.saturation, c.augment.hue = 0.4, 0.4, 0.2, 0.1
   c.augment2 = ml_collections.ConfigDict(c.augment.to_dict())
   c.augment.blur_prob = 1.0

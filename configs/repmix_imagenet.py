@@ -33,7 +33,6 @@ def get_config(arg=None):
   if c.data.name not in ('imagenet2012', 'imagenet100'):
     raise ValueError(f'dataset={arg.dataset!r}: use imagenet2012 or imagenet100')
   c.data.eval_split = 'validation'
-  c.data.crop_scale = (0.08, 1.0)    # the host's random-resized crop
   c.batch_size = 128
   c.model.name = 'resnet50'
   c.model.stem = 'imagenet'

@@ -72,7 +72,6 @@ def apply_s3l(c, arg) -> None:
   c.model.stem = 'imagenet'
   c.model.num_stages = 3 if arg.arch == 'no_conv5' else 0   # no_conv5: S3L's custom_resnet50
   c.data.name, c.data.train_split, c.data.eval_split = DATASETS[arg.dataset]
-  c.data.crop_scale = (0.2, 1.0)
   c.data.shuffle_buffer = 10_000
   c.augment.crop_scale = (0.2, 1.0)
   c.augment.blur_prob = 0.5

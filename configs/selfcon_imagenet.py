@@ -52,7 +52,6 @@ def get_config(arg=None):
 
   c.data.name = arg.dataset
   c.data.image_size = 224
-  c.data.crop_scale = (0.2, 1.0)   # host crops of the variable-size JPEGs
   c.optimizer.base_lr = 0.25
 
   if arg.synthetic:

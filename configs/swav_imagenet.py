@@ -73,7 +73,6 @@ def get_config(arg=None):
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
   c.data.image_size = 224
-  c.data.crop_scale = (0.14, 1.0)      # host crops of the full JPEGs (the global crops)
   c.data.synthetic_shape = (224, 224, 3)
   c.data.synthetic_classes = 1000
   c.augment.crop_scale = (0.14, 1.0)

@@ -190,7 +190,7 @@ def steps_per_epoch(config) -> int:
   """Full global batches per epoch of the run's training split."""
   from ssl_jax import data, methods  # pylint: disable=g-import-not-at-top
   source = data.get_source(config.data, split=config.data.train_split, train=True,
-                           num_views=methods.get_method(config).num_views(config))
+                           crops=methods.get_method(config).host_crops(config))
   return source.steps_per_epoch(config.batch_size)
 
 

@@ -122,7 +122,7 @@ def build(config, devices=None, xla_options: dict | None = None) -> Built:
   method = methods.get_method(config)
   size = stages.image_sizes(config)[0]
   source = data.get_source(config.data, split=config.data.train_split, train=True,
-                           num_views=method.num_views(config), image_size=size)
+                           crops=method.host_crops(config), image_size=size)
   methods.check_labels(method, config, source.num_classes)
   steps_per_epoch = source.steps_per_epoch(config.batch_size)
   run_plan = stages.plan(config, steps_per_epoch)
@@ -239,7 +239,7 @@ def _train_batches(config):
   from ssl_jax import data, methods, stages  # pylint: disable=g-import-not-at-top
   method = methods.get_method(config)
   source = data.get_source(config.data, split=config.data.train_split, train=True,
-                           num_views=method.num_views(config), image_size=stages.image_sizes(config)[0])
+                           crops=method.host_crops(config), image_size=stages.image_sizes(config)[0])
   return source.train_batches(global_batch_size=config.batch_size, seed=config.seed, start_step=0,
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               partners=method.needs_partners(config))

@@ -139,8 +139,7 @@ SCHEMA = {
     'data': {
         'name': _choice(_datasets), 'data_dir': _STR, 'download': _BOOL, 'root': _STR, 'train_split': _STR,
         'eval_split': _STR,
-        'image_size': _int(1), 'crop_scale': _pair(0.0, 1.0, lo_open=True),
-        'crop_ratio': _pair(0.0, lo_open=True),
+        'image_size': _int(1),
         'shuffle_buffer': _int(1), 'synthetic_examples': _int(1),
         'synthetic_shape': Spec(tuple, lo=1, length=3, item=int), 'synthetic_classes': _int(1),
         'subset_num': _int(0), 'subset_per_class': _int(0), 'subset_seed': _int(),

@@ -304,7 +304,7 @@ def _train_in_workdir(config, workdir: pathlib.Path, mesh, method) -> dict:
   # Input pipeline.
   # One source per view resolution: variable-size data are cropped on the host at each stage's size.
   source_for = functools.cache(lambda size: data.get_source(
-      config.data, split=config.data.train_split, train=True, num_views=method.num_views(config),
+      config.data, split=config.data.train_split, train=True, crops=method.host_crops(config),
       image_size=size))
   progress.note(f'reading the data: {config.data.name} {config.data.train_split!r}')
   train_source = source_for(stages.image_sizes(config)[0])

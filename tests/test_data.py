@@ -6,11 +6,12 @@ import subprocess
 import sys
 import types
 
+import ml_collections
 import numpy as np
 import pytest
 
 from ssl_jax import data
-from ssl_jax.data import sources
+from ssl_jax.data import augment, multicrop, sources
 from ssl_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -145,8 +146,7 @@ def test_subset_indices():
 
 
 def _cfg(**kw):
-  base = dict(name='synthetic', data_dir='', root='', image_size=16, crop_scale=(0.08, 1.0),
-              crop_ratio=(3 / 4, 4 / 3), shuffle_buffer=1000, synthetic_examples=32,
+  base = dict(name='synthetic', data_dir='', root='', image_size=16, shuffle_buffer=1000, synthetic_examples=32,
               synthetic_shape=(8, 8, 3), synthetic_classes=4)
   return types.SimpleNamespace(**{**base, **kw})
 
@@ -359,7 +359,7 @@ def test_cifar10_on_mock_data(tmp_path):
 def test_imagenet100_on_mock_data(tmp_path):
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=200, data_dir=str(tmp_path)):
-    src = data.get_source(_cfg(name='imagenet100'), split='train', train=True, num_views=2)
+    src = data.get_source(_cfg(name='imagenet100'), split='train', train=True, crops=(data.HostCrop(),) * 2)
     # Mock labels are uniform over the 1000 classes: about a tenth are ImageNet-100 classes.
     assert src.num_classes == 100 and src.image_shape is None and 5 <= src.num_examples <= 45
     batch = next(src.train_batches(global_batch_size=4, seed=0))
@@ -380,18 +380,41 @@ def _write_image_folder(root):
       (folder / f'{i}.{"png" if i % 2 else "jpg"}').write_bytes(encoded.numpy())
 
 
+def _view_crops(**multicrop_fields):
+  """The host crops of a config whose views 1 and 3 crop 10-30% of the area (`augment`) and view 2 all of
+  it (`augment2`, scale (1, 1)); with `multicrop_fields`, the multi-crop ones (globals, then locals)."""
+  config = ml_collections.ConfigDict(dict(augment=augment.default_config(), augment2=augment.default_config()))
+  config.augment.crop_scale, config.augment2.crop_scale = (0.1, 0.3), (1.0, 1.0)
+  if multicrop_fields:
+    config.multicrop = ml_collections.ConfigDict(multicrop_fields)
+    return multicrop.host_crops(config)
+  return augment.host_crops(config, 3)
+
+
+def _ramp_spans(views):
+  """Right minus left edge of each crop of the ramp images: the part of the ramp the crop shows."""
+  views = views.astype(np.float32)
+  return views[..., -1, :].mean(-1) - views[..., 0, :].mean(-1)
+
+
 def test_image_folder_host_crops(tmp_path):
+  import tensorflow as tf
   _write_image_folder(tmp_path)
-  cfg = _cfg(name='image_folder', root=str(tmp_path), image_size=16, crop_scale=(0.1, 0.3))
-  src = data.get_source(cfg, split='train', train=True, num_views=3)
+  cfg = _cfg(name='image_folder', root=str(tmp_path), image_size=16)
+  src = data.get_source(cfg, split='train', train=True, crops=_view_crops())
   assert (src.num_examples, src.num_classes, src.image_shape) == (12, 3, None)
   fresh = _take(src.train_batches(global_batch_size=4, seed=0), 5)
   assert fresh[0]['image'].shape == (4, 3, 16, 16, 3) and fresh[0]['image'].dtype == np.uint8
-  # Crops of at most 30% of the area span only part of the 0..255 ramp, each view a different part.
-  views = np.concatenate([b['image'] for b in fresh]).astype(np.float32)
-  spans = views[..., -1, :].mean(-1) - views[..., 0, :].mean(-1)  # right minus left edge, per view
-  assert (spans > 20).all() and (spans < 200).all()
-  assert (views[:, 0].mean((1, 2, 3)) != views[:, 1].mean((1, 2, 3))).all()
+  # View v is cropped with augment{v}'s scale: views 1 and 3 (at most 30% of the area) span only part of the
+  # 0..255 ramp, each a different part; view 2 (scale (1, 1)) is the whole image, resized.
+  views = np.concatenate([b['image'] for b in fresh])
+  spans = _ramp_spans(views)
+  assert (spans[:, [0, 2]] > 20).all() and (spans[:, [0, 2]] < 200).all()
+  assert (views[:, 0].mean((1, 2, 3)) != views[:, 2].mean((1, 2, 3))).all()
+  whole = [tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+      tf.io.decode_image(f.read_bytes(), channels=3), [16, 16], antialias=True)), 0, 255), tf.uint8).numpy()
+           for f in sorted(tmp_path.glob('train/*/*'))]
+  assert all(any(np.array_equal(view, w) for w in whole) for view in views[:, 1])
   # The crops are seeded by (seed, epoch, file), so a resumed run crops the same way.
   _same_batches(fresh[2:], _take(src.train_batches(global_batch_size=4, seed=0, start_step=2), 3))
   evals = list(data.get_source(cfg, split='train', train=False).eval_batches(global_batch_size=8))
@@ -399,11 +422,34 @@ def test_image_folder_host_crops(tmp_path):
   assert [b['mask'].sum() for b in evals] == [8, 4]
 
 
+def test_image_folder_multicrop_host_crops(tmp_path):
+  """2 global crops of the step's resolution and 3 local 8-px crops per image (scale (0.05, 0.14))."""
+  _write_image_folder(tmp_path)
+  cfg = _cfg(name='image_folder', root=str(tmp_path), image_size=16)
+  crops = _view_crops(num_global=2, num_local=3, local_size=8, local_crop_scale=(0.05, 0.14))
+  assert [c.size for c in crops] == [None, None, 8, 8, 8]
+
+  def batches(crops, seed, start_step=0):
+    src = data.get_source(cfg, split='train', train=True, crops=crops)
+    return _take(src.train_batches(global_batch_size=4, seed=seed, start_step=start_step), 3 - start_step)
+
+  first = batches(crops, 0)
+  assert first[0]['image'].shape == (4, 2, 16, 16, 3) and first[0]['local_image'].shape == (4, 3, 8, 8, 3)
+  assert first[0]['local_image'].dtype == np.uint8
+  _same_batches(first[1:], batches(crops, 0, start_step=1))   # seeded per example: the same after a resume
+  assert not np.array_equal(first[0]['local_image'], batches(crops, 1)[0]['local_image'])
+  # The local crops draw from their own stream: the global crops are those of a run without local crops.
+  _same_batches([{'image': b['image']} for b in first], [{'image': b['image']} for b in batches(crops[:2], 0)])
+  local = np.concatenate([b['local_image'] for b in first])
+  assert (_ramp_spans(local) < 170).all()          # a small part of the ramp ...
+  assert (local.mean((2, 3, 4)).std(1) > 0).all()  # ... a different one for each local crop
+
+
 def test_image_folder_crops_do_not_depend_on_where_the_folder_lives(tmp_path):
   batches = []
   for place in ('here', 'there/deeper'):
     _write_image_folder(tmp_path / place)
-    cfg = _cfg(name='image_folder', root=str(tmp_path / place), image_size=16, crop_scale=(0.1, 0.3))
-    src = data.get_source(cfg, split='train', train=True, num_views=2)
+    cfg = _cfg(name='image_folder', root=str(tmp_path / place), image_size=16)
+    src = data.get_source(cfg, split='train', train=True, crops=_view_crops()[:2])
     batches.append(_take(src.train_batches(global_batch_size=4, seed=0), 2))
   _same_batches(*batches)

@@ -160,7 +160,7 @@ def _forward_loss(config, method, graphdef, *args):
 def test_method_steps_in_bfloat16_with_float32_state_and_logits(name):
   (f32, (config, method, graphdef)), (params, stats, extra) = _setup(name)
   batch = _batch()
-  num_views = 4 if name == 'repmix' else method.num_views(config)  # RepMix: 2 clean + 2 augmented images
+  num_views = 4 if name == 'repmix' else len(method.host_crops(config))  # RepMix: 2 clean + 2 augmented images
   views = jnp.asarray(np.random.default_rng(1).uniform(size=(_BATCH, num_views, 16, 16, 3)), jnp.float32)
   tx, _ = optim.create_optimizer(config.optimizer, batch_size=_BATCH, total_steps=10, steps_per_epoch=5)
   encoder_dim = nnx.merge(graphdef, params, stats).encoder.out_dim

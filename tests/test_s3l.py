@@ -181,7 +181,8 @@ def test_tfds_subsets_and_stage_crops_at_each_stage_size(mock_tfds):
   # Two stages: host crops cut at 16 px, then at 24 px; the example stream is the one of a single source.
   config = _staged_config({'image_size': 16, 'steps': 3}, {'image_size': 24, 'steps': 3})
   plan = stages.plan(config, steps_per_epoch=2)
-  source_for = lambda size: data.get_source(cfg, split='train', train=True, num_views=2, image_size=size)
+  source_for = lambda size: data.get_source(cfg, split='train', train=True, crops=(data.HostCrop(),) * 2,
+                                            image_size=size)
   kw = dict(global_batch_size=4, seed=0)
   staged_batches = list(stages.stage_batches(plan, source_for, start_step=0, **kw))
   assert [b['image'].shape for b in staged_batches] == [(4, 2, 16, 16, 3)] * 3 + [(4, 2, 24, 24, 3)] * 3
@@ -221,7 +222,7 @@ def test_resize_crop_window_is_torchvisions_resize_then_random_crop(shape):
 def test_s3l_datasets_open_and_decode(mock_tfds, name, classes, shape):
   cfg = common.base_config().data
   cfg.update(name=name, image_size=16)
-  source = data.get_source(cfg, split='train', train=True, num_views=2)
+  source = data.get_source(cfg, split='train', train=True, crops=(data.HostCrop(),) * 2)
   assert source.num_classes == classes and source.image_shape == shape and source.num_examples == 36
   batch = next(source.train_batches(global_batch_size=4, seed=0))
   assert batch['image'].shape == ((4, 2, 16, 16, 3) if shape is None else (4, *shape))

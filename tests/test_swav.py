@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import swav_cifar, swav_digits, swav_imagenet
-from ssl_jax import config_schema, losses, methods, train
+from ssl_jax import config_schema, losses, methods, sharding, train
 from ssl_jax.data import multicrop
 from ssl_jax.errors import UserError
 
@@ -123,11 +123,11 @@ def swav_runs():
 
 
 _IMAGES = np.random.default_rng(3).integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
-_make_views = jax.jit(lambda key, images: multicrop.make_views(key, images, _config(), 16))
+_make_views = jax.jit(lambda key, batch: multicrop.make_views(key, batch, _config(), 16))
 
 
 def _views(step: int):
-  return _make_views(jax.random.key(step), _IMAGES)
+  return _make_views(jax.random.key(step), {'image': _IMAGES})
 
 
 @pytest.fixture(scope='module')
@@ -148,6 +148,24 @@ def test_multicrop_views_have_their_shapes_and_crop_scales(views):
   assert tuple(local.crop_scale) == tuple(c.multicrop.local_crop_scale) and local.flip_prob == 0.0
   assert multicrop._local_config(c, 4).flip_prob == c.augment.flip_prob
   assert tuple(c.augment.crop_scale) != tuple(c.multicrop.local_crop_scale)   # the config itself is untouched
+
+
+def test_multicrop_views_of_host_crops(views):
+  """Variable-size data come cropped by the host, the global crops as 'image' and the local ones as
+  'local_image': the views have the device crops' shapes, the local views are made from the local crops,
+  and they are the same with the batch on one device and sharded over eight as the trainer puts it."""
+  rng = np.random.default_rng(5)
+  batch = {'image': rng.integers(0, 256, (16, 2, 16, 16, 3), dtype=np.uint8),
+           'local_image': rng.integers(0, 256, (16, 2, 8, 8, 3), dtype=np.uint8)}
+  one = _make_views(jax.random.key(0), batch)
+  assert jax.tree.map(jnp.shape, one) == jax.tree.map(jnp.shape, views)
+  eight = _make_views(jax.random.key(0), sharding.global_batch(batch, sharding.make_mesh()))
+  assert len(eight.local_views.sharding.device_set) == 8
+  for a, b in zip(one, eight):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  other = _make_views(jax.random.key(0), {**batch, 'local_image': 255 - batch['local_image']})
+  np.testing.assert_array_equal(np.asarray(other.global_views), np.asarray(one.global_views))
+  assert not np.allclose(np.asarray(other.local_views), np.asarray(one.local_views))
 
 
 def test_prototypes_are_normalised_before_the_step_and_frozen_at_first(swav_runs, views):
@@ -234,9 +252,9 @@ def test_bad_settings_are_refused_in_one_line():
   c.swav.crops_for_assign = (0, 2)
   with pytest.raises(UserError, match=r'swav.crops_for_assign=\(0, 2\) must name global crops'):
     methods.get_method(c)
-  c = swav_imagenet.get_config()    # ImageNet JPEGs are cropped on the host: local crops not there yet
-  with pytest.raises(UserError, match='multicrop.num_local=6 on imagenet2012'):
-    methods.get_method(c)
+  c = swav_imagenet.get_config()    # ImageNet JPEGs: the host cuts the 2 global and the 6 local crops
+  crops = methods.get_method(c).host_crops(c)
+  assert [(crop.size, crop.scale) for crop in crops] == [(None, (0.14, 1.0))] * 2 + [(96, (0.05, 0.14))] * 6
   c = runs.tiny_synthetic()          # SimCLR does not take local crops
   c.multicrop = _config().multicrop
   with pytest.raises(UserError, match="method 'simclr' does not take local crops"):

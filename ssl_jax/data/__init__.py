@@ -21,6 +21,7 @@ wherever the run reads its train split (training, the kNN bank, probes, fine-tun
 """
 import os
 import pathlib
+from typing import NamedTuple
 import zlib
 
 import numpy as np
@@ -53,6 +54,19 @@ IMAGE_STATS = {
     'synthetic': ((0.5,), (0.2898,)),
 }
 _NEUTRAL_STATS = ((0.5,), (0.25,))  # registered in-memory data: no statistics known in advance
+
+
+class HostCrop(NamedTuple):
+  """One random-resized crop the host cuts from every training example of variable-size data.
+
+  Crops of the step's resolution (size None) make the batch's 'image', uint8 (B, V, S, S, 3), in the order
+  given; crops of one smaller size make its 'local_image', uint8 (B, M, s, s, 3) (multi-crop local crops).
+  Methods list theirs (`methods.Method.host_crops`); view v's crop reads view v's augment block
+  (`augment.host_crops`), as the device crop of fixed-size data does.
+  """
+  size: int | None = None                      # side in px; None: the step's resolution
+  scale: tuple[float, float] = (0.08, 1.0)     # range of the crop's fraction of the image area
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)  # range of the crop's aspect ratio (width / height)
 
 _MEMORY_DATASETS: dict[tuple[str, str], InMemorySource] = {}
 
@@ -93,21 +107,22 @@ def subset_spec(data_cfg, split: str) -> dict | None:
   return {'num': num or None, 'per_class': per_class or None, 'seed': seed}
 
 
-def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1, image_size: int | None = None,
-               crop: str = 'random_resized'):
+def get_source(data_cfg, *, split: str, train: bool, crops: tuple[HostCrop, ...] = (HostCrop(),),
+               image_size: int | None = None, crop: str = 'random_resized'):
   """The source of one split of `data_cfg.name`.
 
   Args:
-    data_cfg: the `config.data` ConfigDict (name, data_dir, download, root, image_size, crop_scale, crop_ratio,
-      shuffle_buffer, synthetic_examples, synthetic_shape, synthetic_classes, subset_num, subset_per_class,
-      subset_seed).
+    data_cfg: the `config.data` ConfigDict (name, data_dir, download, root, image_size, shuffle_buffer,
+      synthetic_examples, synthetic_shape, synthetic_classes, subset_num, subset_per_class, subset_seed).
     split: split name, e.g. config.data.train_split.
-    train: True for the source the trainer draws training batches from; variable-size data then makes
-      `num_views` host crops per example. False for evaluation-only sources (one view).
-    num_views: views per example for host-cropped training data.
-    image_size: side of the host crops of variable-size data; `data_cfg.image_size` when None.
-    crop: the host training crop (HOST_CROPS): 'random_resized' (scale `data_cfg.crop_scale`, ratio
-      `data_cfg.crop_ratio`) or 'resize_crop' (shorter side to S / 0.875, a random S x S window).
+    train: True for the source the trainer draws training batches from; variable-size data then make the
+      host crops `crops` of every example. False for evaluation-only sources (one central crop).
+    crops: the host crops of every training example of variable-size data (`HostCrop`; the method's
+      `host_crops(config)`); fixed-size data ignore them (they are cropped on the device).
+    image_size: side of the host crops of the step's resolution (and of the evaluation crop);
+      `data_cfg.image_size` when None.
+    crop: the host training crop (HOST_CROPS): 'random_resized' (each crop's scale and ratio) or
+      'resize_crop' (shorter side to S / 0.875, a random S x S window).
 
   Returns:
     A source: InMemorySource, SyntheticSource, a subset of one (sources.SubsetSource) or
@@ -136,12 +151,22 @@ def get_source(data_cfg, *, split: str, train: bool, num_views: int = 1, image_s
   from ssl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (TensorFlow only from here)
   host_crop = None
   if name in VARIABLE_SIZE:
-    host_crop = dict(size=int(image_size or data_cfg.image_size), scale=tuple(data_cfg.crop_scale),
-                     ratio=tuple(data_cfg.crop_ratio), num_views=num_views if train else 1, mode=crop)
+    host_crop = dict(size=int(image_size or data_cfg.image_size), crops=_check_crops(crops) if train else (),
+                     mode=crop)
   # Configs saved before data.download existed download too.
   return tfds_source.TfdsSource(name, split, data_dir=data_cfg.data_dir or None, root=data_cfg.root or None,
                                 host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer, subset=subset,
                                 download=bool(getattr(data_cfg, 'download', True)))
+
+
+def _check_crops(crops) -> tuple[HostCrop, ...]:
+  """`crops` as HostCrops; at least one of the step's resolution, the others of one size (one batch entry)."""
+  crops = tuple(HostCrop(c.size, tuple(c.scale), tuple(c.ratio)) for c in crops)
+  sizes = {c.size for c in crops if c.size is not None}
+  if all(c.size is not None for c in crops) or len(sizes) > 1:
+    raise ValueError(f'host crops {crops}: give at least one of the step\'s resolution (size None) and the '
+                     'others of one size')
+  return crops
 
 
 def check_class_folders(root: str, split: str) -> None:

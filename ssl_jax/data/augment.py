@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 import ml_collections
 
+from ssl_jax import data
 from ssl_jax.errors import UserError
 
 # ITU-R 601 luma weights, the ones torchvision's rgb_to_grayscale uses.
@@ -556,14 +557,21 @@ def view_configs(config, num_views: int) -> list:
   return [view_config(config, v) for v in range(1, num_views + 1)]
 
 
+def host_crops(config, num_views: int) -> tuple:
+  """The host crops (`data.HostCrop`) of views 1..num_views of variable-size data: at the step's resolution,
+  view v's with view v's `crop_scale` and `crop_ratio`, as the device crop of fixed-size data reads them."""
+  return tuple(data.HostCrop(None, tuple(c.crop_scale), tuple(c.crop_ratio))
+               for c in view_configs(config, num_views))
+
+
 def make_views(key: jax.Array, images: jax.Array, cfgs: Sequence[Any], out_size: int) -> jax.Array:
   """V augmented views of every image, view v drawn with its own config `cfgs[v]` and its own key.
 
   Args:
     key: PRNG key for the whole batch.
     images: uint8 (B, H, W, C) images, or (B, V, h, w, C) views already cropped on the host (variable-size
-      datasets): then view v starts from images[:, v], the crop is skipped (only resized if h != out_size)
-      and the rest of cfgs[v] applies.
+      datasets, `host_crops`): then view v starts from images[:, v], the crop is skipped (only resized if
+      h != out_size) and the rest of cfgs[v] applies.
     cfgs: one augment config per view (asymmetric recipes such as BYOL's give different ones).
     out_size: output side length.
 

@@ -11,8 +11,10 @@ through the encoder together (`encode`): one forward pass per resolution, so Bat
 resolution group, as in SwAV's code. The local size is static, so the trainer's one compiled step per view
 resolution is one step per set of resolutions.
 
-Fixed-size data are cropped here, on the device. Variable-size data (cropped on the host) are not supported
-with local crops yet: `check_config` refuses them before any compute.
+Fixed-size data are cropped here, on the device. Variable-size data are cropped on the host (`host_crops`,
+RandomResizedCrop per crop size as in SwAV's code): the batch then carries the global crops as 'image'
+(B, V, R, R, 3) and the local ones as 'local_image' (B, M, r, r, 3), and `make_views` applies the rest of each
+view's augment block to them, so the views have the same shapes either way.
 """
 from typing import NamedTuple
 
@@ -40,10 +42,6 @@ def global_views(views) -> jax.Array:
 def check_config(config) -> None:
   """Raises UserError for a multi-crop setting the views cannot be made for."""
   mc = config.multicrop
-  if mc.num_local and config.data.name in data.VARIABLE_SIZE:
-    raise UserError(f'multicrop.num_local={mc.num_local} on {config.data.name}: local crops of host-cropped '
-                    '(variable-size) data are not implemented yet; set --config.multicrop.num_local=0 or use a '
-                    'fixed-size dataset')
   if mc.num_local and mc.local_size > config.data.image_size:
     raise UserError(f'multicrop.local_size={mc.local_size} is larger than data.image_size='
                     f'{config.data.image_size}; local crops are the smaller ones')
@@ -55,25 +53,43 @@ def _local_config(config, view: int):
   return cfg
 
 
-def make_views(key: jax.Array, images: jax.Array, config, resolution: int) -> MultiCropViews:
+def host_crops(config) -> tuple[data.HostCrop, ...]:
+  """The host crops of variable-size data: the V global crops (view i's crop fields, `augment.host_crops`),
+  then the M local crops at `local_size` px with `local_crop_scale` (and view V + j's crop ratio)."""
+  mc = config.multicrop
+  views = range(mc.num_global + 1, mc.num_global + mc.num_local + 1)
+  local = tuple(data.HostCrop(mc.local_size, tuple(mc.local_crop_scale),
+                              tuple(augment.view_config(config, v).crop_ratio)) for v in views)
+  return augment.host_crops(config, mc.num_global) + local
+
+
+def make_views(key: jax.Array, batch: dict, config, resolution: int) -> MultiCropViews:
   """The V global and M local views of every image, each with its own key and augment block.
 
   Args:
     key: the step key (the global crops use it as `augment.make_views` would, so they are the views of a
       run without local crops).
-    images: uint8 (B, H, W, C) fixed-size images.
+    batch: 'image', uint8 (B, H, W, C) fixed-size images, or the host crops (B, V, S, S, C) of variable-size
+      data with the local ones in 'local_image' (B, M, s, s, C) (`host_crops`): then only the rest of each
+      view's augment block applies.
     config: the run's config (`multicrop`, `augment`, `augment{i}`).
     resolution: side of the global crops.
 
   Returns:
     MultiCropViews, float32 in [0, 1], under stop_gradient.
   """
-  mc = config.multicrop
+  mc, images = config.multicrop, batch['image']
   views = augment.make_views(key, images, augment.view_configs(config, mc.num_global), resolution)
   local = None
   if mc.num_local:
+    local_images = images
+    if images.ndim == 5:
+      if 'local_image' not in batch:
+        raise ValueError('host-cropped images come without their local crops: give the source the crops of '
+                         '`host_crops(config)`')
+      local_images = batch['local_image']
     cfgs = [_local_config(config, mc.num_global + j) for j in range(1, mc.num_local + 1)]
-    local = augment.make_views(jax.random.fold_in(key, _LOCAL_STREAM), images, cfgs, mc.local_size)
+    local = augment.make_views(jax.random.fold_in(key, _LOCAL_STREAM), local_images, cfgs, mc.local_size)
   return MultiCropViews(views, local)
 
 

@@ -8,15 +8,18 @@ Exact resume: every epoch gets a freshly built pipeline with `reshuffle_each_ite
 that epoch, so the order of an epoch is the same however often it is rebuilt, whatever the shuffle buffer. To
 start at step k the pipeline skips the batches already taken in the current epoch *before* decoding (images
 are read as undecoded bytes and decoded in a map after the skip), so resuming costs reading, not decoding.
-Random crops draw their seeds from (seed, epoch, example id), so they too are the same after a resume.
+Random crops draw their seeds from (seed, epoch, example id), so they too are the same after a resume; the
+local crops draw theirs from a stream of their own, so the global crops are those of a run without them.
 
 Fixed-size datasets (cifar10, cifar100, stl10, digits) yield uint8 (B, H, W, C); grayscale stays 1-channel.
 Variable-size datasets (imagenet2012, imagenet100, image_folder) are cropped on the host: training yields
-`num_views` random-resized crops per example, uint8 (B, V, S, S, 3), decoding only the crop window of each
-JPEG; evaluation resizes the shorter side to S / 0.875 and takes the central S x S crop, uint8 (B, S, S, 3).
-The training crop is a random-resized crop (`host_crop['mode']` 'random_resized'), or 'resize_crop': the
-shorter side to S / 0.875 and a random S x S window (torchvision's Resize(256) + RandomCrop(224), the
-fine-tuning crop of S3L's code), cut from the image as one window and resized once.
+the method's host crops of every example (`data.HostCrop`, each with its own scale and ratio), decoding only
+the crop window of each JPEG: the V crops of the step's resolution S as 'image', uint8 (B, V, S, S, 3), and
+with multi-crop the M local crops of side s as 'local_image', uint8 (B, M, s, s, 3). Evaluation resizes the
+shorter side to S / 0.875 and takes the central S x S crop, uint8 (B, S, S, 3). The training crop is a
+random-resized crop (`host_crop['mode']` 'random_resized'), or 'resize_crop': the shorter side to S / 0.875
+and a random S x S window (torchvision's Resize(256) + RandomCrop(224), the fine-tuning crop of S3L's code),
+cut from the image as one window and resized once.
 
 Missing datasets: one that tfds can download (cifar10, cifar100, stl10, caltech_birds2011, ...) is downloaded
 and prepared on first use with `download=True` (`config.data.download`, the default), by process 0 while the
@@ -57,6 +60,7 @@ _UNLABELLED_SPLITS = {('stl10', 'unlabelled')}   # every label is -1
 _FULL_SHUFFLE_MAX = 100_000                      # splits up to this size are shuffled as a whole
 _EVAL_CROP_FRACTION = 0.875                      # the usual ImageNet eval: resize to S / 0.875, center crop S
 _CROP_ATTEMPTS = 10                              # as torchvision's RandomResizedCrop; then the whole image
+_LOCAL_STREAM = 0x4C6F63                         # 'Loc': the local host crops' own seed stream
 _IMAGENET100_FILE = os.path.join(os.path.dirname(__file__), 'imagenet100.txt')
 
 
@@ -128,8 +132,9 @@ class TfdsSource:
       split: a tfds split ('train', 'test', 'unlabelled', 'train[:10%]', ...); imagenet100 takes a plain name.
       data_dir: tfds data directory; `default_data_dir()` when None. 'digits' is prepared there on first use.
       root: folder of `<split>/<class>/<image>` files, for 'image_folder'.
-      host_crop: for variable-size data, dict(size, scale, ratio, num_views, mode='random_resized'): the
-        training crops (size also sets the evaluation crop; mode 'resize_crop': see the module docstring).
+      host_crop: for variable-size data, dict(size, crops, mode='random_resized'): the training crops
+        (`crops`, a tuple of data.HostCrop; size None is `size`), the evaluation crop's side (`size`) and
+        the crop mode ('resize_crop': see the module docstring).
       shuffle_buffer: shuffle buffer for splits larger than 100k examples (smaller ones are shuffled whole).
       threads: size of tf.data's private thread pool (the trainer and XLA need the other cores).
       subset: dict(seed, num=None, per_class=None): only these examples of the split
@@ -397,37 +402,51 @@ class TfdsSource:
   def _decode_fixed(self, encoded):
     return self._image_feature.decode_example(encoded)
 
-  def _crop_views(self, encoded, seed):
-    """`num_views` random-resized crops of one encoded image: uint8 (V, S, S, 3)."""
+  def _crop_views(self, encoded, seed) -> dict:
+    """The host crops of one encoded image: {'image': uint8 (V, S, S, 3)[, 'local_image': (M, s, s, 3)]}."""
     tf = _tf()
-    crop = self.host_crop
-    seeds = tf.random.experimental.stateless_split(seed, crop['num_views'])
+    crop, size = self.host_crop, self.host_crop['size']
+    global_crops = [c for c in crop['crops'] if c.size is None]
+    local_crops = [c for c in crop['crops'] if c.size is not None]
 
-    def window(shape, view_seed):
+    def split(parent, n):
+      seeds = tf.random.experimental.stateless_split(parent, n)
+      return [seeds[i] for i in range(n)]
+
+    seeds = split(seed, len(global_crops))
+    if local_crops:
+      seeds += split(tf.random.experimental.stateless_fold_in(seed, _LOCAL_STREAM), len(local_crops))
+    crops = global_crops + local_crops
+
+    def window(shape, c, crop_seed):
       if crop.get('mode', 'random_resized') == 'resize_crop':
-        return _resize_crop_window(shape, crop['size'], view_seed)
-      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-          shape, tf.zeros([1, 0, 4]), seed=view_seed, min_object_covered=0.0,
-          aspect_ratio_range=tuple(crop['ratio']), area_range=tuple(crop['scale']),
-          max_attempts=_CROP_ATTEMPTS, use_image_if_no_bounding_boxes=True)
-      return tf.stack([begin[0], begin[1], size[0], size[1]])
+        return _resize_crop_window(shape, c.size or size, crop_seed)
+      begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+          shape, tf.zeros([1, 0, 4]), seed=crop_seed, min_object_covered=0.0, aspect_ratio_range=c.ratio,
+          area_range=c.scale, max_attempts=_CROP_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+      return tf.stack([begin[0], begin[1], extent[0], extent[1]])
 
     def jpeg_views():  # decode only the crop window of the JPEG
       shape = tf.image.extract_jpeg_shape(encoded)
-      return [tf.image.decode_and_crop_jpeg(encoded, window(shape, seeds[v]), channels=3)
-              for v in range(crop['num_views'])]
+      return [tf.image.decode_and_crop_jpeg(encoded, window(shape, c, crop_seed), channels=3)
+              for c, crop_seed in zip(crops, seeds)]
 
     def other_views():  # PNG and friends cannot be partially decoded
       image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
       views = []
-      for v in range(crop['num_views']):
-        w = window(tf.shape(image), seeds[v])
+      for c, crop_seed in zip(crops, seeds):
+        w = window(tf.shape(image), c, crop_seed)
         views.append(image[w[0]:w[0] + w[2], w[1]:w[1] + w[3]])
       return views
 
-    size = [crop['size'], crop['size']]
-    resize = lambda views: tf.stack([_to_uint8(tf.image.resize(v, size, antialias=True)) for v in views])
-    return tf.cond(tf.io.is_jpeg(encoded), lambda: resize(jpeg_views()), lambda: resize(other_views()))
+    def resize(views):
+      return [_to_uint8(tf.image.resize(v, [c.size or size] * 2, antialias=True)) for v, c in zip(views, crops)]
+
+    views = tf.cond(tf.io.is_jpeg(encoded), lambda: resize(jpeg_views()), lambda: resize(other_views()))
+    out = {'image': tf.stack(views[:len(global_crops)])}
+    if local_crops:
+      out['local_image'] = tf.stack(views[len(global_crops):])
+    return out
 
   def _center_crop(self, encoded):
     """The evaluation view of a variable-size image: shorter side to S / 0.875, central S x S, uint8."""
@@ -440,20 +459,24 @@ class TfdsSource:
     image = tf.image.resize(image, new_hw, antialias=True)
     return _to_uint8(tf.image.resize_with_crop_or_pad(image, size, size))
 
-  def _train_image(self, encoded, key, crop_seed: int, clean_view: bool):
-    """A decoded training image, or its host crops (V, S, S, 3), after its clean view with `clean_view`."""
+  def _train_image(self, encoded, key, crop_seed: int, clean_view: bool) -> dict:
+    """{'image': the decoded training image, or its host crops (V, S, S, 3) after its clean view with
+    `clean_view`; with local host crops also 'local_image' (M, s, s, 3)}."""
     tf = _tf()
     if self.host_crop is None:
-      return self._decode_fixed(encoded)
+      return {'image': self._decode_fixed(encoded)}
     views = self._crop_views(encoded, tf.stack([tf.constant(crop_seed, tf.int64), key]))
-    return tf.concat([self._center_crop(encoded)[None], views], 0) if clean_view else views
+    if clean_view:
+      views['image'] = tf.concat([self._center_crop(encoded)[None], views['image']], 0)
+    return views
 
   def _train_example(self, ex, crop_seed: int, partner_seed: int | None = None):
     with_partner = partner_seed is not None
-    out = {'image': self._train_image(ex['image'], ex.get('key'), crop_seed, clean_view=with_partner),
+    out = {**self._train_image(ex['image'], ex.get('key'), crop_seed, clean_view=with_partner),
            'label': ex['label']}
     if with_partner:  # its own crop seed: a partner's crops differ from its crops as an anchor
-      out['partner'] = self._train_image(ex['partner'], ex.get('partner_key'), partner_seed, clean_view=True)
+      out['partner'] = self._train_image(ex['partner'], ex.get('partner_key'), partner_seed,
+                                         clean_view=True)['image']
     return out
 
   def _eval_example(self, ex):
@@ -505,9 +528,12 @@ class TfdsSource:
 
     Returns:
       An iterator of {'image': uint8 (B, H, W, C), or (B, V, S, S, 3) with host crops, 'label': int32 (B,)};
-      with `partners` also 'partner' of the same shape, and host crops are (B, 1 + V, S, S, 3), the clean
-      view first. B = global_batch_size // process_count.
+      with local host crops also 'local_image' (B, M, s, s, 3); with `partners` also 'partner' of the
+      shape of 'image', and host crops are (B, 1 + V, S, S, 3), the clean view first (partners take no local
+      crops). B = global_batch_size // process_count.
     """
+    if partners and self.host_crop and any(c.size is not None for c in self.host_crop['crops']):
+      raise ValueError('partners take no local host crops: ask for either')
     local = sources.local_batch_size(global_batch_size, process_count)
     sources.check_fits(global_batch_size, self.num_examples, self.name)
     records, count = self._records(process_index, process_count, drop_remainder=True)

@@ -185,10 +185,11 @@ def _evaluate(graphdef, params, batch_stats, source, cfg, image_size: int, mesh)
 def _sources(run_config, cfg, size: int):
   """The train source (crops of `cfg.crop` at `size`) and the eval source of the fine-tuning."""
   run_data = ml_collections.ConfigDict(run_config.data.to_dict())
-  run_data.update(image_size=size, crop_scale=tuple(cfg.crop_scale))
+  run_data.update(image_size=size)
   if not cfg.use_subset:
     run_data.update(subset_num=0, subset_per_class=0)
-  train = data.get_source(run_data, split=cfg.train_split or run_data.train_split, train=True, crop=cfg.crop)
+  train = data.get_source(run_data, split=cfg.train_split or run_data.train_split, train=True,
+                          crops=(data.HostCrop(scale=tuple(cfg.crop_scale)),), crop=cfg.crop)
   test = data.get_source(run_data, split=cfg.eval_split or run_data.eval_split, train=False)
   return train, test
 

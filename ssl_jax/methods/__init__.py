@@ -20,7 +20,11 @@ A method module defines:
       same step key `make_views` got; a method that needs both splits it the same way in both.
 It may also define (defaults below):
   check_config(config) -> None                   its own cross-field checks (UserError), run before any compute
-  num_views(config) -> int                       views per example the input pipeline should crop on the host
+  host_crops(config) -> tuple[data.HostCrop, ...]  the crops the host cuts from every training example of
+                                                 variable-size data (fixed-size data are cropped in
+                                                 make_views); default: `config.num_views` views at the
+                                                 step's resolution, view i with augment{i}'s crop fields
+                                                 (`augment.host_crops`)
   init_extra(model, config) -> pytree            method state kept in the train state (EMA params, a queue)
   after_update(extra, params, ctx) -> pytree     method state after the optimizer step (e.g. an EMA update)
   prepare_params(params, config) -> params        the params as the step starts from, before the loss and the
@@ -40,6 +44,7 @@ import pkgutil
 from typing import Any, Callable
 
 from ssl_jax import models
+from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 
 
@@ -89,7 +94,7 @@ class Method:
   build_model: Callable
   make_views: Callable
   loss_fn: Callable
-  num_views: Callable
+  host_crops: Callable
   init_extra: Callable
   after_update: Callable
   needs_partners: Callable = lambda config: False
@@ -178,7 +183,7 @@ def _framework(name: str) -> Method:
       build_model=mod.build_model,
       make_views=mod.make_views,
       loss_fn=mod.loss_fn,
-      num_views=getattr(mod, 'num_views', lambda config: config.num_views),
+      host_crops=getattr(mod, 'host_crops', lambda config: augment.host_crops(config, config.num_views)),
       init_extra=getattr(mod, 'init_extra', lambda model, config: {}),
       after_update=getattr(mod, 'after_update', lambda extra, params, ctx: extra),
       needs_partners=getattr(mod, 'needs_partners', lambda config: False),

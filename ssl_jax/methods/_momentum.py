@@ -30,10 +30,9 @@ def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: boo
   return models.TwoBranchModel(online, head)
 
 
-def num_views(config):
-  """Two views per image (cropped on the host for variable-size data)."""
-  del config
-  return 2
+def host_crops(config):
+  """Two views per image (cropped on the host for variable-size data), each with its view's crop fields."""
+  return augment.host_crops(config, 2)
 
 
 def init_target_extra(model, config):

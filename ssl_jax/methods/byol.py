@@ -23,7 +23,7 @@ def build_model(config, *, in_channels, rngs):
   return _momentum.build_two_branch(config, in_channels=in_channels, rngs=rngs, predictor=True)
 
 
-num_views = _momentum.num_views
+host_crops = _momentum.host_crops
 
 
 init_extra = _momentum.init_target_extra

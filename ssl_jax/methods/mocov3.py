@@ -77,7 +77,7 @@ def build_model(config, *, in_channels, rngs):
   return models.TwoBranchModel(online, _head(config.model.predictor, config.model.head.out_dim, config, rngs))
 
 
-num_views = _momentum.num_views
+host_crops = _momentum.host_crops
 
 
 init_extra = _momentum.init_target_extra  # the momentum encoder: a copy of the base encoder + projector

@@ -49,10 +49,10 @@ def needs_partners(config) -> bool:
   return True
 
 
-def num_views(config) -> int:
-  """One random host crop per image; with partners the pipeline adds the clean view in front of it."""
-  del config
-  return 1
+def host_crops(config):
+  """One random host crop per image (view 1's crop fields); with partners the pipeline adds the clean view in
+  front of it."""
+  return augment.host_crops(config, 1)
 
 
 def clean_views(images: jax.Array, size: int) -> jax.Array:

@@ -51,7 +51,7 @@ def enabled(config) -> bool:
 def check_config(config, method) -> None:
   """Raises UserError when `method` makes fewer than the two views the task rotates (the schema checks the
   `config.rotation` fields, `methods.get_method` that the framework accepts the add-on)."""
-  num_views = method.num_views(config)
+  num_views = sum(crop.size is None for crop in method.host_crops(config))   # views at the step's resolution
   if num_views < 2:
     raise UserError(f'rotation needs two views per image (it rotates copies of views 1 and 2) but '
                     f'{config.method} makes {num_views}; set --config.num_views=2')

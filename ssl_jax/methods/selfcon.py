@@ -116,15 +116,16 @@ def build_model(config, *, in_channels, rngs):
 
 
 # ----------------------------------------------------------------------------------------------- step
-def num_views(config) -> int:
-  """Views per image, from the variant: 1 (SelfCon, SelfCon-SU, SupCon-S) or 2."""
-  return variant(config).views
+def host_crops(config):
+  """The variant's views per image (1: SelfCon, SelfCon-SU, SupCon-S; or 2), view i with augment{i}'s crop."""
+  return augment.host_crops(config, variant(config).views)
 
 
 def make_views(key, batch, ctx):
-  """`num_views` augmented views (B, V, R, R, C) in [0, 1]; view i from `augment{i}`, else `augment`."""
+  """The variant's augmented views (B, V, R, R, C) in [0, 1]; view i from `augment{i}`, else `augment`."""
   config = ctx.config
-  return augment.make_views(key, batch['image'], augment.view_configs(config, num_views(config)), ctx.resolution)
+  views = augment.view_configs(config, variant(config).views)
+  return augment.make_views(key, batch['image'], views, ctx.resolution)
 
 
 def objective(z, labels, *, name: str, alpha: float, temperature: float, base_temperature: float | None,

@@ -73,9 +73,7 @@ def build_model(config, *, in_channels, rngs):
   return SwAVModel(base.encoder, base.projector, prototypes, base.mean, base.std)
 
 
-def num_views(config) -> int:
-  """The global crops, which variable-size data crop on the host."""
-  return config.multicrop.num_global
+host_crops = multicrop.host_crops
 
 
 def init_extra(model, config):
@@ -102,7 +100,7 @@ def _replace_kernel(params, value):
 
 def make_views(key, batch, ctx):
   """The global and local crops (`multicrop.make_views`)."""
-  return multicrop.make_views(key, batch['image'], ctx.config, ctx.resolution)
+  return multicrop.make_views(key, batch, ctx.config, ctx.resolution)
 
 
 def _codes(scores, z, kernel, ctx):
