@@ -146,8 +146,9 @@ def test_subset_indices():
 
 
 def _cfg(**kw):
-  base = dict(name='synthetic', data_dir='', root='', image_size=16, shuffle_buffer=1000, synthetic_examples=32,
-              synthetic_shape=(8, 8, 3), synthetic_classes=4)
+  base = dict(name='synthetic', data_dir='', download=True, root='', image_size=16, shuffle_buffer=1000,
+              synthetic_examples=32, synthetic_shape=(8, 8, 3), synthetic_classes=4, subset_num=0,
+              subset_per_class=0, subset_seed=0)
   return types.SimpleNamespace(**{**base, **kw})
 
 
