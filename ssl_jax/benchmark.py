@@ -223,7 +223,7 @@ def describe(built: Built, step_s: float, loss: float) -> dict:
   return {
       'compile_s': round(built.compile_s, 2), 'step_s': step_s, 'last_loss': loss,
       'views_per_s': batch_size * views / step_s, 'images_per_s': batch_size / step_s,
-      'views_per_example': views, 'batch_size': batch_size, 'image_size': int(built.batch['image'].shape[1]),
+      'views_per_example': views, 'batch_size': batch_size, 'image_size': int(built.batch['image'].shape[-3]),
       **memory(built.compiled), 'flops_per_step': total, 'tflops_per_s': total / step_s / 1e12,
       'devices': built.mesh.size, 'device_kind': built.mesh.devices.flat[0].device_kind}
 
