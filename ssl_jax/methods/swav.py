@@ -41,19 +41,6 @@ from ssl_jax.methods import common
 CAPABILITIES = methods.Capabilities(addons=('rotation',), config_blocks=('swav', 'multicrop'), multi_crop=True)
 
 
-class SwAVModel(models.EncoderProjector):
-  """Encoder, projector and prototypes; calling it gives the L2-normalised projections."""
-
-  def __init__(self, encoder, projector, prototypes, mean, std):
-    super().__init__(encoder, projector, mean, std)
-    self.prototypes = prototypes
-
-  def __call__(self, images, *, train: bool, return_features: bool = False, after_stem=None):
-    z, h = super().__call__(images, train=train, return_features=True, after_stem=after_stem)
-    z = losses.l2_normalize(z)
-    return (z, h) if return_features else z
-
-
 def check_config(config) -> None:
   """The assignment views exist among the global crops; the multi-crop setting is one the data allow."""
   s, mc = config.swav, config.multicrop
@@ -70,7 +57,7 @@ def build_model(config, *, in_channels, rngs):
   """Encoder + projector (`model.head`) + bias-free prototypes (`swav.num_prototypes` rows)."""
   base = common.build_encoder_projector(config, in_channels=in_channels, rngs=rngs)
   prototypes = nnx.Linear(config.model.head.out_dim, config.swav.num_prototypes, use_bias=False, rngs=rngs)
-  return SwAVModel(base.encoder, base.projector, prototypes, base.mean, base.std)
+  return models.SwAVModel(base.encoder, base.projector, prototypes, base.mean, base.std)
 
 
 host_crops = multicrop.host_crops

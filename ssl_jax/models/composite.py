@@ -5,6 +5,7 @@ evaluation and `ssl_jax.load_encoder` read; the methods in ssl_jax/methods/ buil
 """
 from flax import nnx
 
+from ssl_jax import losses
 from ssl_jax.data import augment
 
 
@@ -25,6 +26,20 @@ class EncoderProjector(nnx.Module):
     """Projections (N, P) of float images in [0, 1]; with `return_features`, also the encoder features."""
     h = self.features(images, train=train, after_stem=after_stem)
     z = self.projector(h, train=train)
+    return (z, h) if return_features else z
+
+
+class SwAVModel(EncoderProjector):
+  """Encoder, projector and prototypes (a bias-free Linear); calling it gives the L2-normalised projections,
+  whose scores against the prototypes the SwAV loss reads (ssl_jax/methods/swav.py)."""
+
+  def __init__(self, encoder, projector, prototypes, mean, std):
+    super().__init__(encoder, projector, mean, std)
+    self.prototypes = prototypes
+
+  def __call__(self, images, *, train: bool, return_features: bool = False, after_stem=None):
+    z, h = super().__call__(images, train=train, return_features=True, after_stem=after_stem)
+    z = losses.l2_normalize(z)
     return (z, h) if return_features else z
 
 
