@@ -3,11 +3,14 @@
 `validate(config)` walks a run's ConfigDict and raises `UserError` (one line: the dotted field, its value,
 what it must be) for the first field that is of the wrong type, out of range, not one of its choices, or not
 a field at all (with a "did you mean"). `ssl_jax.main` calls it before anything else, and
-`train.train_and_evaluate` calls it again for runs started from Python.
+`train.train_and_evaluate` calls it again for runs started from Python. Choice lists are looked up in the
+modules that use them (`_from`), so a new choice is added in one place.
 
-Checks that involve several fields (a batch divisible by the devices and by the ghost-BatchNorm group, a
-queue that is a multiple of the batch, a stage list that sets the run's length) stay where the values are
-used; they too run before any compute. Optional blocks (`ema`, `moco`, `augment1`..`augment8`,
+A user's config is checked in two places only: here, each field on its own, and in `train.check_run`, every
+rule across fields or against the mesh (a batch divisible by the devices and by the ghost-BatchNorm group,
+an encoder's patch size against the view sizes, a queue that is a multiple of the batch, a stage list that
+sets the run's length, each method's and add-on's `check_config`); both run before any compute. The library
+code behind them trusts a checked config. Optional blocks (`ema`, `moco`, `augment1`..`augment8`,
 `model.predictor`, `selfcon`, `swav`, `multicrop`) are checked when a recipe has them.
 
 Adding a config field means adding its spec to `SCHEMA` below; the test suite checks every recipe against it.
@@ -121,14 +124,14 @@ SCHEMA = {
     'checkpoint_every_steps': _int(1),
     'keep_checkpoints': _int(1),
     'eval_every_steps': _int(0),
-    'stages': Spec(tuple, length=None, item=dict),   # the stage dicts are checked by ssl_jax.stages.check
+    'stages': Spec(tuple, length=None, item=dict),   # the stage dicts: ssl_jax.stages.check (check_run)
     'distributed': _BOOL,
     'on_nan': _choice(ON_NAN),
     'nan_max_rollbacks': _int(1),
     'nan_max_skipped_steps': _int(1),
     'resume_from_different_config': _BOOL,
     'model': {
-        'name': _choice(_encoders), 'stem': _choice(('cifar', 'imagenet')),
+        'name': _choice(_encoders), 'stem': _choice(_from('ssl_jax.models.resnet', 'STEMS')),
         'width': _float(0.0, lo_open=True),
         'num_stages': _int(0), 'bn_group_size': _int(0), 'bn_momentum': _prob(), 'dtype': _choice(_dtypes),
         'patch_size': _int(1), 'num_heads': _int(0),

@@ -29,8 +29,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax.errors import UserError
-
 OPTIMIZERS = ('sgd', 'lars', 'adamw')
 SCHEDULES = ('warmup_cosine', 'periodic_cosine')
 LR_SCALING = ('linear', 'sqrt', 'none')
@@ -45,7 +43,7 @@ def peak_learning_rate(cfg, batch_size: int) -> float:
     return cfg.base_lr * math.sqrt(ratio)
   if cfg.lr_scaling == 'none':
     return cfg.base_lr
-  raise UserError(f'optimizer.lr_scaling={cfg.lr_scaling!r} is unknown; use one of {", ".join(LR_SCALING)}')
+  raise ValueError(f'lr_scaling={cfg.lr_scaling!r} is not one of {LR_SCALING}')
 
 
 def create_schedule(cfg, *, batch_size: int, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
@@ -56,7 +54,7 @@ def create_schedule(cfg, *, batch_size: int, total_steps: int, steps_per_epoch: 
     end = peak * cfg.end_lr_factor
     return lambda step: end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * step / t_max))
   if cfg.schedule != 'warmup_cosine':
-    raise UserError(f'optimizer.schedule={cfg.schedule!r} is unknown; use one of {", ".join(SCHEDULES)}')
+    raise ValueError(f'schedule={cfg.schedule!r} is not one of {SCHEDULES}')
   warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup,
@@ -99,7 +97,7 @@ def create_optimizer(cfg, *, batch_size: int, total_steps: int, steps_per_epoch:
   elif cfg.name == 'adamw':
     tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
   else:
-    raise UserError(f'optimizer.name={cfg.name!r} is unknown; use one of {", ".join(OPTIMIZERS)}')
+    raise ValueError(f'name={cfg.name!r} is not one of {OPTIMIZERS}')
   return tx, schedule
 
 

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import (checkpoint, config_schema, data, methods, non_finite, optim, paths, progress, report,
-                     sharding, stages)
+from ssl_jax import (checkpoint, config_schema, data, methods, models, non_finite, optim, paths, progress,
+                     report, sharding, stages)
 from ssl_jax.errors import Preempted, UserError
 from ssl_jax.evaluate import frozen, online_probe
 from ssl_jax.methods.common import CollapseMonitor
@@ -45,26 +45,19 @@ class TrainState:
 
 # ----------------------------------------------------------------------------------------------- setup helpers
 def check_run(config, mesh) -> None:
-  """The checks beyond each field's type and range (config_schema.validate, which runs first): those across
-  fields or against the mesh. They need no data and no model, so bad values fail before anything is computed
-  or written."""
+  """The one check of a config across its fields and against the mesh (config_schema.validate, which runs
+  first, has checked each field alone): the trainer's rules, the stages', the encoder's and the method's with
+  its add-ons'. They need no data and no model, so bad values fail before anything is computed or written."""
   sharding.check_batch_size(config.batch_size, mesh)
-  group = config.model.bn_group_size
-  if group and config.batch_size % group:
-    raise UserError(f'batch_size={config.batch_size} is not divisible by model.bn_group_size={group}; '
-                    'pick a group size that divides the batch (0 = BatchNorm over the whole batch)')
   stages.check(config)
+  if config.data.subset_num and config.data.subset_per_class:
+    raise UserError(f'data.subset_num={config.data.subset_num} and data.subset_per_class='
+                    f'{config.data.subset_per_class}: set at most one of them (0 = the whole split)')
   if not config.stages and config.total_steps == 0 and config.total_epochs <= 0:
     raise UserError('the run has no steps: set --config.total_steps or --config.total_epochs to a positive '
                     'value')
-
-
-def _check_resolution(model, config, sizes) -> None:
-  smallest = model.encoder.min_input_size
-  if min(sizes) < smallest:
-    raise UserError(f'image size {min(sizes)} is too small for {config.model.name} with '
-                    f'{config.model.stem!r} stem; use at least {smallest} (data.image_size, stages) '
-                    'or fewer model.num_stages')
+  methods.check_config(config)
+  models.check_config(config, stages.image_sizes(config))
 
 
 class _Preemption:
@@ -169,7 +162,6 @@ def setup(config, mesh, method, run_plan: stages.Plan, *, steps_per_epoch: int, 
   total_steps = run_plan.total_steps
   progress.note(f'building the model: {config.method}, {config.model.name}, {total_steps} steps')
   model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
-  _check_resolution(model, config, stages.image_sizes(config))
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   # One optimizer (and learning-rate schedule) per segment of stages that restart it (ssl_jax/stages.py).
   tx, schedule = optim.create_staged_optimizer(run_plan.optimizer_segments(), batch_size=config.batch_size,

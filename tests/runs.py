@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import simclr_cifar10
-from ssl_jax import train
+from ssl_jax import config_schema, sharding, train
 from ssl_jax.errors import Preempted
 
 
@@ -23,6 +23,13 @@ def tiny_synthetic(get_config=simclr_cifar10.get_config, steps: int = 3):
   c.data.synthetic_shape = (16, 16, 3)
   c.eval.final = False
   return c
+
+
+def check(config):
+  """`config` through the two places the trainer checks a config, in its order: the schema (each field), then
+  `train.check_run` (across fields; on a one-device mesh, so any batch size passes the device rule)."""
+  config_schema.validate(config)
+  train.check_run(config, sharding.make_mesh(jax.devices()[:1]))
 
 
 def shared_synthetic(keep_checkpoints=None):

@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
+from configs import simclr_cifar10
+from ssl_jax import config_schema
 from ssl_jax.data import augment as aug
 from ssl_jax.errors import UserError
 
@@ -219,8 +221,10 @@ class ColourTest(parameterized.TestCase):
                                np.broadcast_to(IMG.max(-1) - IMG.min(-1), out.shape[:-1]), atol=1e-5)
 
   def test_bad_strength_is_a_user_error(self):
-    with self.assertRaises(UserError):
-      aug.color_jitter(KEYS[0], IMG, 0.4, 0.4, 0.4, 0.7, 1.0)
+    c = simclr_cifar10.get_config('runlocal')
+    c.augment.hue = 0.7   # the schema's range: the op would wrap the hue around
+    with self.assertRaisesRegex(UserError, r'^augment.hue=0.7 is out of range; it must be >= 0.0 and <= 0.5$'):
+      config_schema.validate(c)
 
 
 class BlurTest(absltest.TestCase):
@@ -237,7 +241,7 @@ class BlurTest(absltest.TestCase):
   def test_constant_image_unchanged_and_bad_kernel(self):
     flat = jnp.full((8, 8, 1), 0.3)
     np.testing.assert_allclose(aug.gaussian_blur(KEYS[0], flat, 1.0, kernel_size=7), flat, atol=1e-6)
-    with self.assertRaises(UserError):
+    with self.assertRaisesRegex(ValueError, 'odd'):   # from Python; a config's kernel is always odd
       aug.gaussian_blur(KEYS[0], flat, 1.0, kernel_size=4)
 
   def test_kernel_size_rule(self):
@@ -309,8 +313,10 @@ class CropTest(parameterized.TestCase):
     np.testing.assert_allclose(center, jax.image.resize(image[:, 4:16], (8, 8, 1), "linear"), atol=1e-6)
 
   def test_bad_scale_is_a_user_error(self):
-    with self.assertRaises(UserError):
-      aug.random_crop_box(KEYS[0], 16, 16, (0.9, 0.1))
+    c = simclr_cifar10.get_config('runlocal')
+    c.augment.crop_scale = (0.9, 0.1)
+    with self.assertRaisesRegex(UserError, r'augment.crop_scale=\(0.9, 0.1\) must be an ordered \(min, max\)'):
+      config_schema.validate(c)
 
 
 class RecipeTest(absltest.TestCase):

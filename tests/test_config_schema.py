@@ -1,4 +1,4 @@
-"""Config validation: every recipe passes; random bad values of every field fail as one line with exit code 2.
+"""Config validation: every recipe passes (the schema and check_run); random bad values of every field fail as one line with exit code 2.
 
 Nothing here builds a model or compiles: the CLI runs in-process (`ssl_jax.main.run`) with training replaced
 by a failure, so a bad value that got past validation fails the test instead of starting a run. The real
@@ -15,6 +15,8 @@ import pytest
 
 from ssl_jax import checkpoint, config_schema, main, train
 from ssl_jax.errors import UserError
+
+import runs
 
 RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob('configs/*.py')
                  if not p.endswith(('__init__.py', 'common.py')))
@@ -39,7 +41,7 @@ def test_every_recipe_passes_validation():
     variants = _variants(name)
     assert 'runlocal' in variants, name
     for config in variants.values():
-      config_schema.validate(config)
+      runs.check(config)   # the schema, then the cross-field check_run
       config_schema.check_saved(config, name)   # what a run of this release saves is readable again
 
 

@@ -369,7 +369,7 @@ def test_bad_settings_are_user_errors(change, match):
       node = node[part]
     node[last] = value
   with pytest.raises(UserError, match=match):
-    methods.get_method(c)
+    runs.check(c)
 
 
 @pytest.mark.parametrize('framework, expected', [

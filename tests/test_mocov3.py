@@ -121,12 +121,12 @@ def test_backbones_a_method_cannot_train_are_refused():
   c = selfcon_digits.get_config('runlocal')
   c.model.name = 'vit_tiny'
   with pytest.raises(UserError, match="method 'selfcon' cannot train a vit encoder"):
-    methods.get_method(c)
+    runs.check(c)
   c = _tiny()
   c.fusion.enabled, c.fusion.placement = True, 'stem'
   with pytest.raises(UserError, match='needs a ResNet encoder'):
-    methods.get_method(c)
+    runs.check(c)
   c = _tiny()
   c.model.predictor.out_dim = 8
   with pytest.raises(UserError, match='must equal model.head.out_dim'):
-    methods.get_method(c)
+    runs.check(c)

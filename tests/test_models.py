@@ -13,6 +13,8 @@ from ssl_jax.errors import UserError
 from ssl_jax.models import BatchNorm, MLPHead, ResNet, create_encoder
 from ssl_jax.models.resnet import Bottleneck
 
+import runs
+
 # Widths giving an 8-channel first stage, so every network is tiny.
 _WIDTH = {'resnet18': 0.125, 'resnet34': 0.125, 'resnet50': 0.125, 'resnet20': 0.5, 'resnet32': 0.5}
 # Expected (stage channels, blocks per stage) at those widths, written out by hand from the papers.
@@ -115,18 +117,38 @@ def test_zero_init_residual_zeroes_the_last_bn_scale_of_each_block():
   assert np.all(np.asarray(bottleneck.bn2.scale[...]) == 1.0)
 
 
-def test_bad_architectures_raise_user_error():
-  with pytest.raises(UserError, match='resnet18.*resnet20.*resnet32.*resnet34.*resnet50'):
-    _abstract_encoder('resnet101')
-  with pytest.raises(UserError, match="stem='cifar'"):
-    _abstract_encoder('resnet20', stem='imagenet')
-  with pytest.raises(UserError, match='stem'):
-    _abstract_encoder('resnet18', stem='tiny')
-  with pytest.raises(UserError, match='num_stages'):
-    _abstract_encoder('resnet20', num_stages=4)
-  with pytest.raises(UserError, match='width'):
-    _abstract_encoder('resnet18', width=0.0)
+def _model_config(**model):
+  """The tiny SimCLR recipe with `model` fields set."""
+  c = runs.tiny_synthetic()
+  c.model.update(model)
+  return c
+
+
+@pytest.mark.parametrize('model, match', [
+    ({'name': 'resnet101'}, 'resnet18.*resnet20.*resnet32.*resnet34.*resnet50'),   # the schema's rules
+    ({'stem': 'tiny'}, r"model.stem 'tiny' is unknown; use one of: imagenet, cifar"),
+    ({'width': 0.0}, r'model.width=0.0 is out of range'),
+    ({'bn_group_size': -1}, r'model.bn_group_size=-1 is out of range'),
+    ({'head': {'activation': 'tanh'}}, 'gelu.*relu.*silu'),
+    ({'head': {'num_layers': 0}}, r'model.head.num_layers=0 is out of range'),
+    ({'name': 'resnet20', 'stem': 'imagenet'}, 'CIFAR network; set --config.model.stem=cifar'),  # check_run's
+    ({'name': 'resnet20', 'num_stages': 4}, r'model.num_stages=4 is out of range for resnet20; use 1..3'),
+    ({'bn_group_size': 3}, r'batch_size=16 is not divisible by model.bn_group_size=3'),
+    ({'stem': 'imagenet'}, r"image size 16 is too small for resnet18 with 'imagenet' stem; use at least 32"),
+])
+def test_bad_architectures_raise_user_error(model, match):
+  with pytest.raises(UserError, match=match) as info:
+    runs.check(_model_config(**model))
+  assert '\n' not in str(info.value)
+
+
+def test_bad_library_arguments_raise_value_errors():
+  runs.check(_model_config(stem='imagenet', num_stages=2))     # 16 px reach a 2x2 second stage: accepted
   assert _abstract_encoder('resnet32').min_input_size == 4    # default stem of CIFAR nets is 'cifar'
+  with pytest.raises(ValueError, match='stem'):               # would silently build the CIFAR stem
+    _abstract_encoder('resnet18', stem='tiny')
+  with pytest.raises(ValueError, match='num_layers'):         # would silently build one Linear
+    MLPHead(6, hidden_dim=8, out_dim=4, num_layers=0, rngs=nnx.Rngs(0))
 
 
 # ------------------------------------------------------------------------------------------------- BatchNorm
@@ -186,10 +208,8 @@ def test_ghost_batchnorm_normalises_each_group_separately():
 
 
 def test_ghost_batchnorm_rejects_indivisible_batch():
-  with pytest.raises(UserError, match='not divisible'):
+  with pytest.raises(ValueError, match='not divisible'):   # a config's batch: test_bad_architectures_...
     BatchNorm(3, group_size=4)(jnp.ones((6, 3)), train=True)
-  with pytest.raises(UserError, match='group_size'):
-    BatchNorm(3, group_size=-1)
 
 
 def test_batchnorm_bfloat16_input_float32_statistics():
@@ -290,10 +310,3 @@ def test_mlp_head_last_bn_and_activations():
   no_bn = MLPHead(6, hidden_dim=12, out_dim=5, use_bn=False, rngs=nnx.Rngs(1))
   assert not any(isinstance(m, BatchNorm) for _, m in nnx.iter_graph(no_bn))
   assert no_bn(x, train=True).shape == (32, 5)
-
-
-def test_mlp_head_bad_arguments_raise_user_error():
-  with pytest.raises(UserError, match='gelu.*relu.*silu'):
-    MLPHead(6, hidden_dim=8, out_dim=4, activation='tanh', rngs=nnx.Rngs(0))
-  with pytest.raises(UserError, match='num_layers'):
-    MLPHead(6, hidden_dim=8, out_dim=4, num_layers=0, rngs=nnx.Rngs(0))

@@ -7,8 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ssl_jax import optim
+from ssl_jax import config_schema, optim
 from ssl_jax.errors import UserError
+
+import runs
 
 
 def _cfg(**kw):
@@ -23,11 +25,17 @@ def test_scaling_rules(rule, expected):
   assert optim.peak_learning_rate(_cfg(lr_scaling=rule), 512) == pytest.approx(expected)
 
 
-def test_unknown_names_are_user_errors():
-  with pytest.raises(UserError, match='lr_scaling'):
-    optim.peak_learning_rate(_cfg(lr_scaling='cubic'), 256)
-  with pytest.raises(UserError, match='sgd, lars, adamw'):
-    optim.create_optimizer(_cfg(name='adagrad'), batch_size=256, total_steps=10, steps_per_epoch=5)
+@pytest.mark.parametrize('field, value, match', [
+    ('lr_scaling', 'cubic', "optimizer.lr_scaling 'cubic' is unknown; use one of: linear, sqrt, none"),
+    ('name', 'adagrad', 'sgd, lars, adamw'),
+    ('schedule', 'step', 'warmup_cosine, periodic_cosine')])
+def test_unknown_names_are_user_errors(field, value, match):
+  c = runs.tiny_synthetic()
+  c.optimizer[field] = value
+  with pytest.raises(UserError, match=match):
+    config_schema.validate(c)
+  with pytest.raises(ValueError, match=value):   # from Python: no silent fallback to another rule
+    optim.create_optimizer(_cfg(**{field: value}), batch_size=256, total_steps=10, steps_per_epoch=5)
 
 
 def test_warmup_then_cosine():

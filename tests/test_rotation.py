@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from configs import (byol_cifar10, rotation_cifar, rotation_digits, rotation_imagenet100, selfcon_digits,
                      simsiam_cifar10)
-from ssl_jax import config_schema, losses, methods, recipes, report, train
+from ssl_jax import losses, methods, recipes, report, train
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.methods import byol, rotation
@@ -186,8 +186,6 @@ def test_switched_off_the_addon_is_not_there():
   for a, b in zip(jax.tree.leaves(nnx.state(off, nnx.Param)), jax.tree.leaves(on_params['online'])
                   + jax.tree.leaves(on_params['predictor'])):
     np.testing.assert_array_equal(a, b)
-  del config['rotation']
-  assert not rotation.enabled(config)   # configs saved before the add-on existed
 
 
 def test_frameworks_that_do_not_declare_rotation_refuse_it():
@@ -195,7 +193,7 @@ def test_frameworks_that_do_not_declare_rotation_refuse_it():
   config.rotation = _config('simclr', enabled=True).rotation
   with pytest.raises(UserError, match="rotation.enabled=True does not support method 'selfcon'; use one of "
                      'byol, moco, mocov3, simclr, simsiam, supcon, swav'):
-    methods.get_method(config)
+    runs.check(config)
 
 
 @pytest.mark.parametrize('field, value, expected', [
@@ -210,8 +208,7 @@ def test_bad_rotation_settings_are_user_errors(field, value, expected):
   node, _, leaf = field.rpartition('.')
   (config[node] if node else config)[leaf] = value
   with pytest.raises(UserError, match=expected) as info:
-    config_schema.validate(config)   # the two places a config is checked, in the trainer's order
-    methods.get_method(config)
+    runs.check(config)   # the two places a config is checked, in the trainer's order
   assert '\n' not in str(info.value)
 
 
@@ -239,7 +236,8 @@ def test_recipes_reproduce_the_papers_grid():
                           (rotation_digits.get_config, 'runlocal,framework=simclr'),
                           (rotation_digits.get_config, 'runlocal')):
     c = get_config(arg)
-    assert c.rotation.enabled and methods.get_method(c).name == c.method   # passes the add-on's checks
+    runs.check(c)   # passes the add-on's checks
+    assert c.rotation.enabled and methods.get_method(c).name == c.method
 
 
 # ----------------------------------------------------------------------------------------------- trainer

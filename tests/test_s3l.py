@@ -139,8 +139,10 @@ def test_memory_subsets_are_deterministic_by_seed_and_class_balanced():
   assert len(chosen(cfg, split='test')) == 60                             # the eval split stays whole
   some = chosen(_with(cfg, subset_per_class=0, subset_num=7))
   assert len(set(some.tolist())) == 7
+  both = runs.tiny_synthetic()
+  both.data.update(subset_num=7, subset_per_class=3)
   with pytest.raises(UserError, match='at most one'):
-    data.get_source(_with(cfg, subset_num=7), split='train', train=True)
+    runs.check(both)
 
 
 def _indexed_jpegs(self, *args, **kwargs):

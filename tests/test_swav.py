@@ -251,12 +251,13 @@ def test_bad_settings_are_refused_in_one_line():
   c = _config()
   c.swav.crops_for_assign = (0, 2)
   with pytest.raises(UserError, match=r'swav.crops_for_assign=\(0, 2\) must name global crops'):
-    methods.get_method(c)
+    runs.check(c)
   c = swav_imagenet.get_config()    # ImageNet JPEGs: the host cuts the 2 global and the 6 local crops
+  runs.check(c)
   crops = methods.get_method(c).host_crops(c)
   assert [(crop.size, crop.scale) for crop in crops] == [(None, (0.14, 1.0))] * 2 + [(96, (0.05, 0.14))] * 6
   c = runs.tiny_synthetic()          # SimCLR does not take local crops
   c.multicrop = _config().multicrop
   with pytest.raises(UserError, match="method 'simclr' does not take local crops"):
-    methods.get_method(c)
+    runs.check(c)
   assert swav_digits.get_config('runlocal,rotation').rotation.head_on == 'backbone'

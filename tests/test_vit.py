@@ -6,9 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import mocov3_cifar10
 from ssl_jax import models
 from ssl_jax.errors import UserError
 from ssl_jax.models import vit
+
+import runs
 
 # timm's vit_{tiny,small,base}_patch16_224 without the classifier head (total minus 1000 x (width + 1)).
 # From the architecture: patch 16·16·3·D + D, class token D, learned positions 197·D, per block
@@ -46,12 +49,27 @@ def test_shapes_pooling_and_bad_sizes():
   avg = _tiny(pool='avg')(x, train=True)
   assert avg.shape == (3, 24) and not np.allclose(avg, token)
   assert _tiny()(jnp.zeros((2, 24, 24, 3)), train=False).shape == (2, 24)  # any multiple of the patch
-  with pytest.raises(UserError, match='not a multiple of model.patch_size=4'):
-    model(jnp.zeros((1, 18, 18, 3)), train=False)
-  with pytest.raises(UserError, match='out of range for vit_small'):
+  with pytest.raises(ValueError, match='more than the 12 blocks'):   # would silently build 13
     _tiny(num_stages=13)
-  with pytest.raises(UserError, match='divisible by 4'):
-    _tiny(num_heads=3, width=1 / 64)    # 3 heads x 2 channels
+
+
+@pytest.mark.parametrize('model, match', [
+    ({'pool': 'max'}, "model.pool 'max' is unknown; use one of: token, avg"),     # the schema's rules
+    ({'pos_embed': 'rope'}, "model.pos_embed 'rope' is unknown; use one of: sincos, learned"),
+    ({'patch_size': 0}, r'model.patch_size=0 is out of range'),
+    ({'patch_size': 3}, r'image size 16 is not a multiple of model.patch_size=3'),   # check_run's
+    ({'num_stages': 13}, r'model.num_stages=13 \(blocks kept\) is out of range for vit_small; use 1..12'),
+    ({'num_heads': 5}, 'model.num_heads=5 does not divide the vit_small width 384'),
+    ({'num_heads': 3, 'width': 1 / 64}, 'divisible by 4, got 6'),   # 3 heads x 2 channels
+])
+def test_bad_vit_configs_are_user_errors(model, match):
+  c = runs.tiny_synthetic(mocov3_cifar10.get_config)
+  c.model.update(model)
+  with pytest.raises(UserError, match=match):
+    runs.check(c)
+  c.model.pos_embed = 'learned'   # needs no width divisible by 4
+  if 'width' in model:
+    runs.check(c)
 
 
 def test_sincos_embedding_is_moco_v3s():

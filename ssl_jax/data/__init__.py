@@ -95,16 +95,13 @@ def register_memory_dataset(name: str, images: np.ndarray, labels: np.ndarray, *
 def subset_spec(data_cfg, split: str) -> dict | None:
   """{'num', 'per_class', 'seed'} of the subset `data_cfg` asks for on `split`, or None (the whole split).
 
-  Only `data_cfg.train_split` is subsetted. Configs saved before these fields existed have none.
+  Only `data_cfg.train_split` is subsetted; at most one of `subset_num` and `subset_per_class` is set
+  (train.check_run).
   """
-  num, per_class = int(getattr(data_cfg, 'subset_num', 0)), int(getattr(data_cfg, 'subset_per_class', 0))
-  if num < 0 or per_class < 0 or (num and per_class):
-    raise UserError(f'data.subset_num={num} and data.subset_per_class={per_class}: set at most one of them, '
-                    'to a positive number (0 = the whole split)')
+  num, per_class = data_cfg.subset_num, data_cfg.subset_per_class
   if not (num or per_class) or split != data_cfg.train_split:
     return None
-  seed = int(getattr(data_cfg, 'subset_seed', 0))
-  return {'num': num or None, 'per_class': per_class or None, 'seed': seed}
+  return {'num': num or None, 'per_class': per_class or None, 'seed': data_cfg.subset_seed}
 
 
 def get_source(data_cfg, *, split: str, train: bool, crops: tuple[HostCrop, ...] = (HostCrop(),),
@@ -156,7 +153,7 @@ def get_source(data_cfg, *, split: str, train: bool, crops: tuple[HostCrop, ...]
   # Configs saved before data.download existed download too.
   return tfds_source.TfdsSource(name, split, data_dir=data_cfg.data_dir or None, root=data_cfg.root or None,
                                 host_crop=host_crop, shuffle_buffer=data_cfg.shuffle_buffer, subset=subset,
-                                download=bool(getattr(data_cfg, 'download', True)))
+                                download=data_cfg.download)
 
 
 def _check_crops(crops) -> tuple[HostCrop, ...]:

@@ -19,7 +19,8 @@ A method module defines:
       features (B, D) of one view, which the online linear probe reads (under stop_gradient). `key` is the
       same step key `make_views` got; a method that needs both splits it the same way in both.
 It may also define (defaults below):
-  check_config(config) -> None                   its own cross-field checks (UserError), run before any compute
+  check_config(config) -> None                   its own cross-field checks (UserError); `check_config` below
+                                                 calls it for train.check_run, before any compute
   host_crops(config) -> tuple[data.HostCrop, ...]  the crops the host cuts from every training example of
                                                  variable-size data (fixed-size data are cropped in
                                                  make_views); default: `config.num_views` views at the
@@ -33,8 +34,9 @@ It may also define (defaults below):
                                                  a random example of the split per anchor (RepMix; see
                                                  ssl_jax.data.sources)
 
-Add-ons (`ADDONS`: modules of this package too) change any framework: each defines `enabled(config) -> bool`
-and `apply(method, config) -> Method`, which returns the framework with its model, views or loss extended
+Add-ons (`ADDONS`: modules of this package too) change any framework: each defines `enabled(config) -> bool`,
+`check_config(config, method) -> None` (its cross-field checks against the framework) and
+`apply(method, config) -> Method`, which returns the framework with its model, views or loss extended
 (e.g. an extra head attached to the model and an extra loss term). `get_method` applies the enabled ones in
 the order of `ADDONS`, so the later ones wrap the earlier ones.
 """
@@ -71,7 +73,7 @@ class Capabilities:
     compute; a function of the config where that depends on the config (SelfCon's variants).
   addons: the add-ons of `ADDONS` that may wrap it; the others refuse it in one line.
   stem_hook: it passes `StepContext.after_stem` to every encoder call of its step (batch fusion after the stem).
-  backbones: the encoder families (`ssl_jax.models.family`) it can train; `get_method` refuses the others.
+  backbones: the encoder families (`ssl_jax.models.family`) it can train; `check_config` refuses the others.
   config_blocks: dotted config blocks it reads besides the common ones; a config without one is refused.
   multi_crop: its views and loss take `config.multicrop` local crops (ssl_jax/data/multicrop.py); the others
     refuse a config with local crops.
@@ -116,12 +118,13 @@ def capabilities(name: str) -> Capabilities:
   return _framework(name).capabilities
 
 
-def get_method(config) -> Method:
-  """The framework `config.method`, checked against `config` and extended by every add-on it switches on.
+def check_config(config) -> None:
+  """The methods' part of `train.check_run`: what the framework `config.method` declares (its encoder
+  families, config blocks, local crops, add-ons), its own `check_config`, and each enabled add-on's.
 
   Raises:
     UserError: the config lacks a block the framework needs, fails the framework's own check, or switches
-      on an add-on the framework does not accept (or one whose block is bad).
+      on an add-on the framework does not accept (or one whose block it cannot use).
   """
   method = _framework(config.method)
   caps = method.capabilities
@@ -139,6 +142,18 @@ def get_method(config) -> Method:
         accepting = [m for m in available() if name in capabilities(m).addons]
         raise UserError(f'{name}.enabled=True does not support method {config.method!r}; use one of '
                         f'{", ".join(accepting)} or set --config.{name}.enabled=False')
+      addon.check_config(config, method)
+
+
+def get_method(config) -> Method:
+  """The framework `config.method`, extended by every add-on it switches on.
+
+  `config` is one `check_config` (through `train.check_run`) has accepted; this function checks nothing.
+  """
+  method = _framework(config.method)
+  for name in ADDONS:
+    addon = importlib.import_module(f'{__name__}.{name}')
+    if addon.enabled(config):
       method = addon.apply(method, config)
   return method
 
@@ -175,7 +190,7 @@ def _require_block(config, name: str) -> None:
 def _framework(name: str) -> Method:
   """Imports `ssl_jax.methods.<name>` and fills in the optional functions."""
   if name not in available():
-    raise UserError(f'method {name!r} is unknown; set --config.method to one of: {", ".join(available())}')
+    raise ValueError(f'method {name!r} is unknown; the methods are {", ".join(available())}')
   mod = importlib.import_module(f'{__name__}.{name}')
   return Method(
       name=name,

@@ -22,10 +22,6 @@ def build_two_branch(config, *, in_channels: int, rngs: nnx.Rngs, predictor: boo
   online = common.build_encoder_projector(config, in_channels=in_channels, rngs=rngs)
   head = None
   if predictor:
-    if config.model.predictor.out_dim != config.model.head.out_dim:
-      raise UserError(f'model.predictor.out_dim={config.model.predictor.out_dim} must equal '
-                      f'model.head.out_dim={config.model.head.out_dim}: the prediction regresses the '
-                      'projection')
     head = common.build_head(config.model.predictor, config.model.head.out_dim, config=config, rngs=rngs)
   return models.TwoBranchModel(online, head)
 
@@ -114,6 +110,15 @@ def ema_update(target: dict, online_params, tau) -> dict:
   """target ← τ·target + (1 - τ)·online, on the params only (the target keeps its batch statistics)."""
   params = jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, target['params'], online_params)
   return {**target, 'params': params}
+
+
+def check_predictor(config) -> None:
+  """Raises UserError when the predictor's output is not the projection's width (the prediction regresses
+  the projection, or is compared with the momentum keys)."""
+  head, predictor = config.model.head, config.model.predictor
+  if predictor.out_dim != head.out_dim:
+    raise UserError(f'model.predictor.out_dim={predictor.out_dim} must equal model.head.out_dim='
+                    f'{head.out_dim}: the prediction is compared with the projection')
 
 
 def check_ema(config) -> None:

@@ -15,7 +15,11 @@ CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=Tru
                                     backbones=('resnet', 'vit'),
                                     config_blocks=('ema', 'model.predictor'))
 
-check_config = _momentum.check_ema
+
+def check_config(config) -> None:
+  """The EMA rates are ordered; the prediction has the projection's width."""
+  _momentum.check_ema(config)
+  _momentum.check_predictor(config)
 
 
 def build_model(config, *, in_channels, rngs):

@@ -45,8 +45,8 @@ import jax.numpy as jnp
 
 from ssl_jax import data, stages
 from ssl_jax.errors import UserError
-from ssl_jax.models import compute_dtype, resnet
-from ssl_jax.models.fusion import BatchFusion, GatedBatchFusion, check_options
+from ssl_jax.models import compute_dtype
+from ssl_jax.models.fusion import BatchFusion, GatedBatchFusion
 
 PLACEMENTS = ('input', 'stem')
 VIEWS = ('second', 'both')
@@ -56,18 +56,13 @@ _PERMUTATION_STREAM = 0x46757365  # 'Fuse': a key stream of its own; the framewo
 
 def enabled(config) -> bool:
   """True when the config switches batch fusion on."""
-  return 'fusion' in config and bool(config.fusion.enabled)
+  return bool(config.fusion.enabled)
 
 
 def check_config(config, method) -> None:
-  """Raises UserError for a `config.fusion` block the run cannot use with `method` (before any compute)."""
+  """Raises UserError for a `config.fusion` block the run cannot use with `method`: the add-on's cross-field
+  rules (train.check_run calls it; config_schema has checked each field)."""
   f = config.fusion
-  check_options(variant=f.variant, patch_size=f.patch_size, group_size=f.group_size, num_blocks=f.num_blocks,
-                width=f.width, kernel_size=f.kernel_size, norm=f.norm, activation=f.activation, gate=f.gate)
-  if f.placement not in PLACEMENTS:
-    raise UserError(f'fusion.placement={f.placement!r} is unknown; use one of {", ".join(PLACEMENTS)}')
-  if f.views not in VIEWS:
-    raise UserError(f'fusion.views={f.views!r} is unknown; use one of {", ".join(VIEWS)}')
   if f.placement == 'stem' and not method.capabilities.stem_hook:
     raise UserError(f'fusion.placement="stem" is not available with method={config.method!r} (it does not '
                     'pass the stem hook); use placement="input" or a framework that declares stem_hook')
@@ -84,8 +79,7 @@ def check_config(config, method) -> None:
 
 def _stem_stride(config) -> int:
   """The encoder stem's stride: 4 for the ImageNet stem (conv and max-pool), 1 for the CIFAR stem."""
-  stem = config.model.stem or resnet.default_stem(config.model.name)
-  return 4 if stem == 'imagenet' else 1
+  return 4 if config.model.stem == 'imagenet' else 1
 
 
 def build_layer(config, *, in_channels: int, rngs):
@@ -145,12 +139,11 @@ def apply(method, config):
 
   Args:
     method: the framework (possibly already extended by earlier add-ons).
-    config: the run's config; `config.fusion` is checked here.
+    config: the run's config, checked by `check_config`.
 
   Returns:
     The extended Method (the same one when `fusion.num_blocks` is 0).
   """
-  check_config(config, method)
   f = config.fusion
   if not f.num_blocks:
     return method

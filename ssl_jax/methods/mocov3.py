@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import data, losses, methods, models
-from ssl_jax.errors import UserError
 from ssl_jax.methods import _momentum, common
 from ssl_jax.models import MLPHead
 
@@ -37,10 +36,7 @@ CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=Tru
 def check_config(config) -> None:
   """The momentum rates are ordered; the prediction has the projection's width (it is compared with keys)."""
   _momentum.check_ema(config)
-  head, predictor = config.model.head, config.model.predictor
-  if predictor.out_dim != head.out_dim:
-    raise UserError(f'model.predictor.out_dim={predictor.out_dim} must equal model.head.out_dim='
-                    f'{head.out_dim}: MoCo v3 compares predictions with the momentum projections')
+  _momentum.check_predictor(config)
 
 
 def mocov3_infonce(q, k, *, temperature: float):

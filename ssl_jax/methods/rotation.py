@@ -44,13 +44,14 @@ _ANGLE_STREAM = 0x526F74  # 'Rot': a key stream of its own, so the framework's r
 
 
 def enabled(config) -> bool:
-  """True when the config switches the rotation task on (configs saved before it existed have no block)."""
-  return 'rotation' in config and bool(config.rotation.enabled)
+  """True when the config switches the rotation task on."""
+  return bool(config.rotation.enabled)
 
 
 def check_config(config, method) -> None:
   """Raises UserError when `method` makes fewer than the two views the task rotates (the schema checks the
-  `config.rotation` fields, `methods.get_method` that the framework accepts the add-on)."""
+  `config.rotation` fields, `methods.check_config` that the framework accepts the add-on; both run in
+  train.check_run)."""
   num_views = sum(crop.size is None for crop in method.host_crops(config))   # views at the step's resolution
   if num_views < 2:
     raise UserError(f'rotation needs two views per image (it rotates copies of views 1 and 2) but '
@@ -131,12 +132,11 @@ def apply(method, config):
 
   Args:
     method: the framework (a Method).
-    config: the run's config; `config.rotation` is checked here.
+    config: the run's config, checked by `check_config`.
 
   Returns:
     The extended Method.
   """
-  check_config(config, method)
   num_angles = config.rotation.num_angles
 
   def build_model(config, *, in_channels, rngs):

@@ -49,7 +49,7 @@ from ssl_jax import data, losses, methods
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.methods import common
-from ssl_jax.models import MLPHead, multi_exit
+from ssl_jax.models import MLPHead, multi_exit, resnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +82,15 @@ CAPABILITIES = methods.Capabilities(needs_labels=lambda config: variant(config).
 
 
 def check_config(config) -> None:
-  """Raises UserError for an alpha the variant cannot use (the exit stage is checked against the encoder)."""
+  """Raises UserError for an alpha the variant cannot use, or an exit stage the backbone does not have."""
   cfg = config.selfcon
   if cfg.alpha and not variant(config).sub_network:
     raise UserError(f'selfcon.alpha={cfg.alpha} must be 0 for the baseline {cfg.variant!r} (alpha weighs the '
                     'sub-network term of the SelfCon "*" variants)')
+  stages = resnet.stages_kept(config)
+  if variant(config).sub_network and not 1 <= cfg.exit_stage < stages:
+    raise UserError(f'selfcon.exit_stage={cfg.exit_stage} must lie in 1..{stages - 1}: the sub-network branches '
+                    f'off after a stage of the {stages}-stage backbone and replaces the ones after it')
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -105,10 +109,6 @@ def build_model(config, *, in_channels, rngs):
   sub_network = sub_head = None
   k = config.selfcon.exit_stage
   if variant(config).sub_network:
-    stages = len(encoder.stage_dims)
-    if not 1 <= k < stages:
-      raise UserError(f'selfcon.exit_stage={k} must lie in 1..{stages - 1}: the sub-network branches off '
-                      f'after a stage of the {stages}-stage backbone and replaces the ones after it')
     sub_network = multi_exit.SubNetwork(encoder, k, config.selfcon.sub_net, model_cfg=config.model, rngs=rngs)
     sub_head = _head(config.model, sub_network.out_dim, rngs=rngs)
   mean, std = data.image_stats(config.data.name, in_channels)

@@ -13,6 +13,8 @@ CAPABILITIES = methods.Capabilities(addons=('rotation', 'fusion'), stem_hook=Tru
                                     backbones=('resnet', 'vit'),
                                     config_blocks=('model.predictor',))
 
+check_config = _momentum.check_predictor
+
 
 def build_model(config, *, in_channels, rngs):
   """The encoder + projector and the predictor (a TwoBranchModel)."""

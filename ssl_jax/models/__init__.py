@@ -1,19 +1,33 @@
 """The model zoo: ResNet and ViT encoders, MLP heads, a device-count-independent (ghost) BatchNorm, batch
 fusion, the compute dtype, and the models the frameworks train (composite.py; SelfCon's multi_exit.py)."""
-from ssl_jax.models.composite import EncoderProjector, TwoBranchModel
+from ssl_jax.errors import UserError
+from ssl_jax.models.composite import EncoderProjector, SwAVModel, TwoBranchModel
 from ssl_jax.models.fusion import BatchFusion
 from ssl_jax.models.heads import MLPHead
 from ssl_jax.models.norm import BatchNorm
 from ssl_jax.models.precision import compute_dtype
 from ssl_jax.models.resnet import ResNet, create_encoder
-from ssl_jax.models import vit
+from ssl_jax.models import resnet, vit
 from ssl_jax.models.vit import ViT
 
-__all__ = ['BatchFusion', 'BatchNorm', 'EncoderProjector', 'MLPHead', 'ResNet', 'TwoBranchModel', 'ViT',
-           'compute_dtype', 'create_encoder', 'family']
+__all__ = ['BatchFusion', 'BatchNorm', 'EncoderProjector', 'MLPHead', 'ResNet', 'SwAVModel', 'TwoBranchModel',
+           'ViT', 'check_config', 'compute_dtype', 'create_encoder', 'family']
 
 
 def family(name: str) -> str:
   """The encoder family of `config.model.name`: 'vit' for the ViTs, 'resnet' for the rest."""
   return 'vit' if name in vit.ARCHS else 'resnet'
 
+
+
+def check_config(config, image_sizes) -> None:
+  """The encoder's cross-field rules (train.check_run calls it): `config.model` against itself, the
+  batch and the run's view sizes `image_sizes`. Raises UserError, one line."""
+  group = config.model.bn_group_size
+  if group and config.batch_size % group:
+    raise UserError(f'batch_size={config.batch_size} is not divisible by model.bn_group_size={group}; '
+                    'pick a group size that divides the batch (0 = BatchNorm over the whole batch)')
+  if family(config.model.name) == 'vit':
+    vit.check_config(config, image_sizes)
+  else:
+    resnet.check_config(config, image_sizes)

@@ -51,7 +51,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from ssl_jax.errors import UserError
 from ssl_jax.models import precision
 
 VARIANTS = ('released', 'gated')
@@ -66,8 +65,7 @@ def patch_partition(x: jax.Array, patch_size: int) -> jax.Array:
   b, h, w, c = x.shape
   p = patch_size
   if h % p or w % p:
-    raise UserError(f'batch fusion patch_size={p} must divide the view size {h}x{w}; set '
-                    '--config.fusion.patch_size to a divisor of data.image_size (and of config.stages)')
+    raise ValueError(f'patch_size={p} does not divide the image size {h}x{w}')
   x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, h // p, w // p, p * p * c)
 
@@ -83,8 +81,7 @@ def patch_restore(x: jax.Array, patch_size: int) -> jax.Array:
 
 def _check_groups(b: int, group_size: int) -> None:
   if b % group_size:
-    raise UserError(f'batch of {b} samples is not divisible by fusion.group_size={group_size}; use a '
-                    'batch_size that is a multiple of the group size')
+    raise ValueError(f'a batch of {b} is not divisible into groups of {group_size}')
 
 
 def images_to_channels(x: jax.Array, patch_size: int, group_size: int) -> jax.Array:
@@ -121,25 +118,6 @@ def unstack_groups(x: jax.Array, group_size: int) -> jax.Array:
   n, h, w, gk = x.shape
   g = group_size
   return x.reshape(n, h, w, g, gk // g).transpose(0, 3, 1, 2, 4).reshape(n * g, h, w, gk // g)
-
-
-def check_options(*, variant: str, patch_size: int, group_size: int, num_blocks: int, width: int,
-                  kernel_size: int = 3, norm: str = 'layer', activation: str = 'gelu',
-                  gate: str = 'learned') -> None:
-  """Raises UserError for a setting the layer cannot use (kernel_size .. gate: the gated variant's)."""
-  if variant not in VARIANTS:
-    raise UserError(f'fusion.variant={variant!r} is unknown; use one of {", ".join(VARIANTS)}')
-  for name, value in (('patch_size', patch_size), ('group_size', group_size), ('width', width),
-                      ('kernel_size', kernel_size)):
-    if value < 1:
-      raise UserError(f'fusion.{name}={value} must be a positive integer')
-  if num_blocks < 0:
-    raise UserError(f'fusion.num_blocks={num_blocks} must be >= 0 (0 = no module: the framework alone)')
-  if variant == 'gated':
-    for name, value, known in (('norm', norm, NORMS), ('activation', activation, tuple(ACTIVATIONS)),
-                               ('gate', gate, GATES)):
-      if value not in known:
-        raise UserError(f'fusion.{name}={value!r} is unknown; use one of {", ".join(known)}')
 
 
 def _torch_uniform(fan_in: int):
@@ -214,8 +192,6 @@ class BatchFusion(nnx.Module):
       dtype: the convolutions' compute dtype; parameters, normalisation and residuals are float32.
       rngs: initialisation keys.
     """
-    check_options(variant='released', patch_size=patch_size, group_size=group_size, num_blocks=num_blocks,
-                  width=width)
     del channels
     self.patch_size, self.group_size, self.num_blocks = patch_size, group_size, num_blocks
     self.blocks = nnx.List([FusionBlock(group_size, width, dtype=dtype, rngs=rngs) for _ in range(num_blocks)])
@@ -270,8 +246,6 @@ class GatedBatchFusion(nnx.Module):
       dtype: compute dtype; parameters are float32.
       rngs: initialisation keys.
     """
-    check_options(variant='gated', patch_size=patch_size, group_size=group_size, num_blocks=num_blocks,
-                  width=width, kernel_size=kernel_size, norm=norm, activation=activation, gate=gate)
     self.patch_size, self.group_size, self.num_blocks = patch_size, group_size, num_blocks
     self.gate, self.gate_max, self.activation = gate, float(gate_max), activation
     self.dtype = dtype

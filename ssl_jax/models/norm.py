@@ -8,7 +8,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from ssl_jax.errors import UserError
 
 
 class BatchNorm(nnx.Module):
@@ -35,8 +34,6 @@ class BatchNorm(nnx.Module):
       scale_init: initial value of the scale; 0 makes a residual branch start as the identity.
       dtype: output dtype for non-floating inputs; floating inputs keep their own dtype.
     """
-    if group_size < 0:
-      raise UserError(f'BatchNorm group_size={group_size} must be >= 0 (0 = statistics over the whole batch)')
     self.num_features = num_features
     self.momentum = momentum
     self.epsilon = epsilon
@@ -86,6 +83,5 @@ class BatchNorm(nnx.Module):
     b = x.shape[0]
     g = self.group_size or b
     if b % g:
-      raise UserError(f'batch of {b} examples is not divisible by the BatchNorm group size {g}; '
-                      'use a batch size that is a multiple of model.bn_group_size')
+      raise ValueError(f'a batch of {b} is not divisible into BatchNorm groups of {g}')
     return x.reshape(b // g, g, *x.shape[1:])

@@ -11,7 +11,6 @@ from flax.nnx.nn import dtypes as nnx_dtypes
 import jax
 import jax.numpy as jnp
 
-from ssl_jax.errors import UserError
 
 DTYPES = ('float32', 'bfloat16', 'auto')
 # Backends with fast bfloat16 matrix units; on the CPU bfloat16 is emulated and slower than float32.
@@ -29,11 +28,10 @@ def compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
     jnp.float32 or jnp.bfloat16 as a numpy dtype.
 
   Raises:
-    UserError: for any other name.
+    ValueError: for any other name (config_schema refuses it in a config).
   """
   if name not in DTYPES:
-    raise UserError(f'model.dtype={name!r} is not supported; use one of {", ".join(DTYPES)} ("auto" = '
-                    'bfloat16 on GPU/TPU, float32 on CPU)')
+    raise ValueError(f'dtype {name!r} is not one of {", ".join(DTYPES)}')
   if name == 'auto':
     backend = backend or jax.default_backend()
     name = 'bfloat16' if backend in _BFLOAT16_BACKENDS else 'float32'

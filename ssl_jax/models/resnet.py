@@ -25,7 +25,7 @@ _ARCHS = {
     32: ('basic', (5, 5, 5), (16, 32, 64)),
 }
 _CIFAR_ONLY_DEPTHS = (20, 32)
-_STEMS = ('imagenet', 'cifar')
+STEMS = ('imagenet', 'cifar')
 ENCODERS = {f'resnet{depth}': depth for depth in _ARCHS}
 
 # torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): plain normal, std sqrt(2 / fan_out).
@@ -117,22 +117,30 @@ def make_stage(kind: str, in_dim: int, planes: int, num_blocks: int, stride: int
   return nnx.List(blocks)
 
 
-def _check_arch(depth: int, stem: str, width: float, num_stages: int | None) -> int:
-  """Validates the architecture arguments; returns the number of stages kept."""
-  if depth not in _ARCHS:
-    raise UserError(f'ResNet depth={depth} is not supported; use one of {sorted(_ARCHS)}')
-  if stem not in _STEMS:
-    raise UserError(f'ResNet stem={stem!r} is unknown; use one of {list(_STEMS)}')
-  if depth in _CIFAR_ONLY_DEPTHS and stem != 'cifar':
-    raise UserError(f'ResNet-{depth} is a CIFAR network; use stem=\'cifar\' with it')
-  if width <= 0:
-    raise UserError(f'ResNet width={width} must be positive')
+def check_config(config, image_sizes) -> None:
+  """Raises UserError for a ResNet `config.model` (single fields already checked by config_schema) that does
+  not fit together, or whose last stage would be below one pixel at the run's `image_sizes`."""
+  m = config.model
+  depth = ENCODERS[m.name]
+  if depth in _CIFAR_ONLY_DEPTHS and m.stem != 'cifar':
+    raise UserError(f"model.name={m.name!r} is a CIFAR network; set --config.model.stem=cifar")
   total = len(_ARCHS[depth][1])
-  kept = total if num_stages is None else num_stages
-  if not 1 <= kept <= total:
-    raise UserError(f'num_stages={num_stages} is out of range for ResNet-{depth}; '
-                    f'use 1..{total} (or None = all)')
-  return kept
+  if m.num_stages > total:
+    raise UserError(f'model.num_stages={m.num_stages} is out of range for {m.name}; use 1..{total} (0 = all)')
+  smallest = min_input_size(m.stem, stages_kept(config))
+  if min(image_sizes) < smallest:
+    raise UserError(f'image size {min(image_sizes)} is too small for {m.name} with {m.stem!r} stem; use at '
+                    f'least {smallest} (data.image_size, stages) or fewer model.num_stages')
+
+
+def stages_kept(config) -> int:
+  """The stages the ResNet of `config.model` keeps (model.num_stages, 0 = all of them)."""
+  return config.model.num_stages or len(_ARCHS[ENCODERS[config.model.name]][1])
+
+
+def min_input_size(stem: str, num_stages: int) -> int:
+  """The input side at which the last of `num_stages` stages is 1x1 (the product of the strides)."""
+  return (4 if stem == 'imagenet' else 1) * 2 ** (num_stages - 1)
 
 
 class ResNet(nnx.Module):
@@ -161,8 +169,10 @@ class ResNet(nnx.Module):
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and pooled features stay float32.
       rngs: initialisation keys; not kept by the model.
     """
-    kept = _check_arch(depth, stem, width, num_stages)
     kind, blocks, base_widths = _ARCHS[depth]
+    kept = num_stages or len(blocks)
+    if stem not in STEMS:  # any other name would silently build the CIFAR stem
+      raise ValueError(f'stem={stem!r} is not one of {STEMS}')
     widths = [max(1, round(w * width)) for w in base_widths]
     norm = functools.partial(BatchNorm, group_size=bn_group_size, momentum=bn_momentum, dtype=dtype)
 
@@ -186,7 +196,7 @@ class ResNet(nnx.Module):
     self.out_dim = dims[-1]
     # Every stride-s op maps side n to ceil(n / s), so any input runs; below the product of the strides the
     # last stage's single pixel sees mostly padding. At exactly this size the last stage is 1x1.
-    self.min_input_size = self.stem_stride * 2 ** (kept - 1)
+    self.min_input_size = min_input_size(stem, kept)
 
   def __call__(self, x: jax.Array, *, train: bool, return_stages: bool = False, after_stem=None):
     """Encodes images.
@@ -246,8 +256,6 @@ def create_encoder(name: str, *, stem: str | None = None, width: float = 1.0, nu
   if name in vit.ARCHS:
     return vit.create_vit(name, width=width, num_blocks=num_stages, in_channels=in_channels, dtype=dtype,
                           rngs=rngs, **vit_options)
-  if name not in ENCODERS:
-    raise UserError(f'unknown encoder {name!r}; use one of {sorted(ENCODERS) + sorted(vit.ARCHS)}')
   depth = ENCODERS[name]
   return ResNet(depth=depth, stem=stem or default_stem(name), width=width, num_stages=num_stages,
                 in_channels=in_channels, bn_group_size=bn_group_size, bn_momentum=bn_momentum, dtype=dtype,

@@ -75,7 +75,7 @@ def _layer_norm(dim: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
 def sincos_position_embedding(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
   """MoCo v3's fixed 2-D sine-cosine position embedding (grid_h·grid_w, dim), float32, row-major tokens.
 
-  `dim` must be divisible by 4 (checked when the ViT is built).
+  `dim` must be divisible by 4 (`check_config`).
 
   Channels [0, dim/4) and [dim/4, dim/2) are sin and cos of the token's row index times the frequencies
   10000^(-i / (dim/4)), channels [dim/2, dim) the same of its column index (the order `vits.py` produces).
@@ -142,18 +142,8 @@ class ViT(nnx.Module):
       dtype: compute dtype of the matmuls; parameters and features stay float32.
       rngs: initialisation keys; not kept by the model.
     """
-    if pos_embed not in POS_EMBEDS:
-      raise UserError(f'model.pos_embed={pos_embed!r} is unknown; use one of {", ".join(POS_EMBEDS)}')
-    if pool not in POOLS:
-      raise UserError(f'model.pool={pool!r} is unknown; use one of {", ".join(POOLS)}')
-    if dim % heads:
-      raise UserError(f'ViT width {dim} is not divisible by {heads} heads; change model.num_heads')
-    if pos_embed == 'sincos' and dim % 4:
-      raise UserError(f'the sin-cos position embedding needs a ViT width divisible by 4, got {dim}; change '
-                      "model.width or use model.pos_embed='learned'")
-    if image_size % patch_size:
-      raise UserError(f'image size {image_size} is not a multiple of model.patch_size={patch_size}; use a '
-                      'patch size that divides it')
+    if pos_embed not in POS_EMBEDS or pool not in POOLS:  # any other name would silently pick the other
+      raise ValueError(f'pos_embed={pos_embed!r} (one of {POS_EMBEDS}), pool={pool!r} (one of {POOLS})')
     patch_dim = patch_size * patch_size * in_channels
     variable = Frozen if freeze_patch_embed else nnx.Param
     limit = math.sqrt(6.0 / (patch_dim + dim))  # xavier-uniform of the flattened projection
@@ -177,9 +167,6 @@ class ViT(nnx.Module):
     """(B, H, W, C) -> (B, H/p, W/p, dim): the patch projection (a p x p stride-p convolution)."""
     b, h, w, c = x.shape
     p = self.patch_size
-    if h % p or w % p:
-      raise UserError(f'image size {h}x{w} is not a multiple of model.patch_size={p}; use image sizes '
-                      'that are multiples of the patch size (data.image_size, stages)')
     patches = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
     kernel, bias = self.patch_kernel[...], self.patch_bias[...]
     if self.frozen_patch_embed:  # not differentiated anyway (a Frozen variable); kept for callers that would
@@ -226,6 +213,33 @@ class ViT(nnx.Module):
     return x[:, 0] if self.pool == 'token' else jnp.mean(x[:, 1:], axis=1)
 
 
+def check_config(config, image_sizes) -> None:
+  """Raises UserError for a ViT `config.model` (single fields already checked by config_schema) that does not
+  fit together or does not tile the run's `image_sizes` (and data.image_size, the learned embedding's grid)."""
+  m = config.model
+  dim, depth, heads = ARCHS[m.name]
+  if dim % (m.num_heads or heads):
+    raise UserError(f'model.num_heads={m.num_heads} does not divide the {m.name} width {dim}; use a divisor')
+  if m.num_stages > depth:
+    raise UserError(f'model.num_stages={m.num_stages} (blocks kept) is out of range for {m.name}; use '
+                    f'1..{depth} (0 = all)')
+  width = token_width(m.name, m.width, m.num_heads)
+  if m.pos_embed == 'sincos' and width % 4:
+    raise UserError(f'the sin-cos position embedding needs a ViT width divisible by 4, got {width}; change '
+                    "model.width or use model.pos_embed='learned'")
+  bad = [s for s in (*image_sizes, config.data.image_size) if s % m.patch_size]
+  if bad:
+    raise UserError(f'image size {bad[0]} is not a multiple of model.patch_size={m.patch_size}; use image '
+                    'sizes that are multiples of the patch size (data.image_size, stages)')
+
+
+def token_width(name: str, width: float, num_heads: int) -> int:
+  """The token width of ViT `name` at head-width multiplier `width` with `num_heads` heads (0 = its own)."""
+  dim, _, heads = ARCHS[name]
+  heads = num_heads or heads
+  return heads * max(1, round(dim // heads * width))
+
+
 def create_vit(name: str, *, width: float = 1.0, num_blocks: int | None = None, num_heads: int = 0,
                patch_size: int = 16, in_channels: int = 3, pos_embed: str = 'sincos',
                freeze_patch_embed: bool = False, pool: str = 'token', image_size: int = 224,
@@ -244,20 +258,11 @@ def create_vit(name: str, *, width: float = 1.0, num_blocks: int | None = None, 
   Returns:
     The ViT; `out_dim` is the feature size, `min_input_size` the patch size.
   """
-  if name not in ARCHS:
-    raise UserError(f'unknown ViT {name!r}; use one of {sorted(ARCHS)}')
   dim, depth, heads = ARCHS[name]
   heads = num_heads or heads
-  if dim % heads:
-    raise UserError(f'model.num_heads={num_heads} does not divide the {name} width {dim}')
-  if width <= 0:
-    raise UserError(f'ViT width={width} must be positive')
-  kept = depth if num_blocks is None else num_blocks
-  if not 1 <= kept <= depth:
-    raise UserError(f'num_stages={num_blocks} (blocks kept) is out of range for {name}; use 1..{depth} '
-                    '(or 0 = all)')
-  if patch_size < 1:
-    raise UserError(f'model.patch_size={patch_size} must be a positive integer')
-  return ViT(dim=heads * max(1, round(dim // heads * width)), depth=kept, heads=heads, patch_size=patch_size,
+  kept = num_blocks or depth
+  if kept > depth:  # would silently build a deeper network than `name`
+    raise ValueError(f'num_blocks={num_blocks} is more than the {depth} blocks of {name}')
+  return ViT(dim=token_width(name, width, num_heads), depth=kept, heads=heads, patch_size=patch_size,
              in_channels=in_channels, pos_embed=pos_embed, freeze_patch_embed=freeze_patch_embed, pool=pool,
              image_size=image_size, dtype=dtype, rngs=rngs)
