@@ -173,9 +173,6 @@ def _check_backbone(config, caps: Capabilities) -> None:
     accepting = [m for m in available() if family in capabilities(m).backbones]
     raise UserError(f'method {config.method!r} cannot train a {family} encoder ({config.model.name}); use one '
                     f'of its encoders ({", ".join(caps.backbones)}) or a method that can: {", ".join(accepting)}')
-  # Batch fusion at the stem works on ResNet stem outputs (its patch check reads the ResNet stem's stride).
-  if family == 'vit' and config.fusion.enabled and config.fusion.placement == 'stem':
-    raise UserError('fusion.placement="stem" needs a ResNet encoder; with a ViT use fusion.placement="input"')
 
 
 def _require_block(config, name: str) -> None:

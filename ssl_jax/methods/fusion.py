@@ -43,7 +43,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import data, stages
+from ssl_jax import data, models, stages
 from ssl_jax.errors import UserError
 from ssl_jax.models import compute_dtype
 from ssl_jax.models.fusion import BatchFusion, GatedBatchFusion
@@ -66,6 +66,9 @@ def check_config(config, method) -> None:
   if f.placement == 'stem' and not method.capabilities.stem_hook:
     raise UserError(f'fusion.placement="stem" is not available with method={config.method!r} (it does not '
                     'pass the stem hook); use placement="input" or a framework that declares stem_hook')
+  # At the stem it fuses ResNet stem outputs (the patch rule below reads the ResNet stem's stride).
+  if f.placement == 'stem' and models.family(config.model.name) == 'vit':
+    raise UserError('fusion.placement="stem" needs a ResNet encoder; with a ViT use fusion.placement="input"')
   if config.batch_size % f.group_size:
     raise UserError(f'batch_size={config.batch_size} is not divisible by fusion.group_size={f.group_size}; '
                     'pick a group size that divides the global batch')
