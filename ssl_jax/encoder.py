@@ -121,7 +121,9 @@ def build_from_checkpoint(path):
     raise UserError(f'the checkpoint at {step_dir} holds no encoder stem; it is not an ssl_jax encoder')
   method = methods.get_method(config)
   # The stem kernel is (kh, kw, in_channels, out): the channels the model was trained on.
-  model = method.build_model(config, in_channels=int(kernel.shape[-2]), rngs=nnx.Rngs(config.seed))
+  # Shapes only: every array is replaced by the saved one below.
+  model = nnx.eval_shape(lambda: method.build_model(config, in_channels=int(kernel.shape[-2]),
+                                                    rngs=nnx.Rngs(config.seed)))
   params, batch_stats = nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat)
   try:
     for target, saved in ((params, state['params']), (batch_stats, state['batch_stats'])):

@@ -161,21 +161,26 @@ def setup(config, mesh, method, run_plan: stages.Plan, *, steps_per_epoch: int, 
   """
   total_steps = run_plan.total_steps
   progress.note(f'building the model: {config.method}, {config.model.name}, {total_steps} steps')
-  model = method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  build = lambda: method.build_model(config, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
+  graphdef = nnx.split(nnx.eval_shape(build), nnx.Param, nnx.BatchStat)[0]
   # One optimizer (and learning-rate schedule) per segment of stages that restart it (ssl_jax/stages.py).
   tx, schedule = optim.create_staged_optimizer(run_plan.optimizer_segments(), batch_size=config.batch_size,
                                                steps_per_epoch=steps_per_epoch)
-  probe, probe_tx = {}, None
+  probe_tx = None
   if config.probe.enabled and num_classes > 1:  # on whenever the training data have labels
-    probe, probe_tx = online_probe.create(model.encoder.out_dim, num_classes, config.probe,
-                                          total_steps=total_steps)
+    probe_tx = online_probe.optimizer(config.probe, total_steps=total_steps)
 
-  # Shard the state onto the mesh: everything replicated; only batches are split over `data`.
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=tx.init(params), extra=method.init_extra(model, config), probe=probe,
-                     rng=jax.random.key_data(jax.random.key(config.seed)))
-  state = jax.device_put(state, sharding.replicated(mesh))
+  def init() -> TrainState:
+    model = build()
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    probe = {} if probe_tx is None else online_probe.init(model.encoder.out_dim, num_classes, probe_tx)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), extra=method.init_extra(model, config), probe=probe,
+                      rng=jax.random.key_data(jax.random.key(config.seed)))
+
+  # The whole state in one compiled program (models.build_compiled says why), replicated on the mesh: only
+  # batches are split over `data`.
+  state = jax.jit(init, out_shardings=sharding.replicated(mesh))()
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
 
   # Jitted step: one per view resolution (multi-resolution runs reuse them).

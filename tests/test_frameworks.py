@@ -127,7 +127,7 @@ def test_ema_rate_schedules():
   config = byol_cifar10.get_config()
   config.ema.base, config.ema.final = 0.999, 0.99
   with pytest.raises(UserError, match='ema.base=0.999, ema.final=0.99'):
-    methods.get_method(config)
+    runs.check(config)
 
 
 @pytest.fixture(scope='module')
@@ -179,14 +179,14 @@ def test_moco_queue_must_take_whole_batches():
   c = moco_cifar10.get_config('runlocal')
   c.moco.queue_size = 40  # batch 16
   with pytest.raises(UserError, match='multiple of batch_size'):
-    methods.get_method(c)  # the method's check_config, before any model is built
+    runs.check(c)  # the method's check_config, before any model is built
 
 
 def test_missing_config_block_is_named():
   c = byol_cifar10.get_config('runlocal')
   del c.model['predictor']
   with pytest.raises(UserError, match='needs the config block `model.predictor`'):
-    methods.get_method(c)
+    runs.check(c)
 
 
 def test_moco_enqueue_is_fifo():
@@ -201,22 +201,16 @@ def test_moco_enqueue_is_fifo():
 # ----------------------------------------------------------------------------------------------- trainer
 @pytest.mark.parametrize('method, arg', [
     ('byol', 'runlocal'), ('simsiam', 'runlocal,dataset=cifar100,recipe=rotation200'), ('moco', 'runlocal')])
-def test_runlocal_config_trains_end_to_end_and_one_device_equals_eight(tmp_path, method, arg):
+def test_runlocal_config_trains_and_evaluates_end_to_end(tmp_path, method, arg):
+  # One device vs eight: tests/test_methods.py (each framework) and tests/test_rotation.py (the add-on).
   c = _CONFIGS[method].get_config(arg)
   c.total_steps = 2
   c.log_every_steps = 1
   c.eval.compare_random_init = False  # the trainer's own tests cover it
   with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path / 'tfds')):
-    results = train.train_and_evaluate(c, tmp_path / 'one', devices=jax.devices()[:1])
-    c.eval.final = False  # training does not depend on it
-    train.train_and_evaluate(c, tmp_path / 'eight', devices=jax.devices())
+    results = train.train_and_evaluate(c, tmp_path / 'run')
   assert 0.0 <= results['knn_top1'] <= 1.0 and 0.0 <= results['linear_top1'] <= 1.0
-  assert np.isfinite(_losses(tmp_path / 'one')).all()
-  np.testing.assert_allclose(_losses(tmp_path / 'one'), _losses(tmp_path / 'eight'), rtol=1e-5, atol=1e-6)
-  one, eight = _checkpoints(tmp_path / 'one')[2], _checkpoints(tmp_path / 'eight')[2]
-  for a, b in zip(jax.tree.leaves((one['params'], one['extra'])), jax.tree.leaves((eight['params'],
-                                                                                   eight['extra']))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert np.isfinite(_losses(tmp_path / 'run')).all() and len(_losses(tmp_path / 'run')) == 2
 
 
 def test_moco_queue_is_fifo_across_steps_and_exact_across_resume(tmp_path, monkeypatch):

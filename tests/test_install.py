@@ -59,7 +59,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_checkout(tmp_path
   run = _run([str(python), '-m', 'ssl_jax.main', '--config', 'simclr_cifar10:runlocal,synthetic',
               '--workdir', 'run', '--config.total_steps=3', '--config.log_every_steps=1',
               '--config.checkpoint_every_steps=3', '--config.data.synthetic_examples=64',
-              '--config.data.synthetic_shape=(16, 16, 3)'], work, env)
+              '--config.data.synthetic_shape=(16, 16, 3)', '--config.eval.final=False'], work, env)
   assert 'results: steps=3' in run.stdout, run.stdout
   (tmp_path / 'scripts').mkdir()
   (tmp_path / 'scripts' / 'use.py').write_text(_SCRIPT)

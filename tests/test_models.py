@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssl_jax import sharding
+from ssl_jax import models, sharding
 from ssl_jax.errors import UserError
 from ssl_jax.models import BatchNorm, MLPHead, ResNet, create_encoder
 from ssl_jax.models.resnet import Bottleneck
@@ -106,6 +106,16 @@ def test_conv_init_is_kaiming_fan_out():
   assert abs(kernel.mean()) < 0.003
   assert np.all(np.asarray(model.stages[0][0].bn2.scale[...]) == 1.0)
 
+
+
+def test_compiled_build_initialises_as_the_eager_one_and_places_the_state():
+  build = lambda: create_encoder('resnet20', width=0.5, num_stages=2, rngs=nnx.Rngs(3))
+  replicated = sharding.replicated(sharding.make_mesh(jax.devices()))
+  compiled, eager = models.build_compiled(build, replicated), build()
+  for a, b in zip(jax.tree.leaves(nnx.state(compiled)), jax.tree.leaves(nnx.state(eager))):
+    assert a.sharding == replicated
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert type(compiled) is type(eager) and compiled.out_dim == eager.out_dim
 
 def test_zero_init_residual_zeroes_the_last_bn_scale_of_each_block():
   basic = ResNet(depth=20, stem='cifar', width=4.0, num_stages=1, zero_init_residual=True, rngs=nnx.Rngs(0))

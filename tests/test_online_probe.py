@@ -17,7 +17,8 @@ def _blobs(n=256, d=16, c=4, seed=0):
 
 
 def test_probe_learns_separable_features():
-  state, tx = online_probe.create(16, 4, CFG, total_steps=100)
+  tx = online_probe.optimizer(CFG, total_steps=100)
+  state = online_probe.init(16, 4, tx)
   feats, labels = _blobs()
   step = jax.jit(lambda s, f, y: online_probe.update(s, tx, f, y))
   first = None
@@ -28,7 +29,8 @@ def test_probe_learns_separable_features():
 
 
 def test_unlabelled_examples_are_ignored():
-  state, tx = online_probe.create(16, 4, CFG, total_steps=100)
+  tx = online_probe.optimizer(CFG, total_steps=100)
+  state = online_probe.init(16, 4, tx)
   feats, labels = _blobs(n=8)
   half = labels.at[4:].set(-1)
   new_half, m_half = online_probe.update(state, tx, feats, half)

@@ -164,7 +164,8 @@ def test_method_steps_in_bfloat16_with_float32_state_and_logits(name):
   views = jnp.asarray(np.random.default_rng(1).uniform(size=(_BATCH, num_views, 16, 16, 3)), jnp.float32)
   tx, _ = optim.create_optimizer(config.optimizer, batch_size=_BATCH, total_steps=10, steps_per_epoch=5)
   encoder_dim = nnx.merge(graphdef, params, stats).encoder.out_dim
-  probe, probe_tx = online_probe.create(encoder_dim, 3, config.probe, total_steps=10)
+  probe_tx = online_probe.optimizer(config.probe, total_steps=10)
+  probe = online_probe.init(encoder_dim, 3, probe_tx)
   state = (params, stats, tx.init(params), extra, probe)
 
   # One bfloat16 step, traced only: the state it returns and the precision of every operation in it.

@@ -330,7 +330,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
   _write_images(tmp_path / 'mixed')
   cfg = common.base_config().data
   cfg.name, cfg.root, cfg.image_size = 'image_folder', str(tmp_path / 'mixed'), 16
-  src = data.get_source(cfg, split='train', train=True, num_views=2)
+  src = data.get_source(cfg, split='train', train=True, crops=(data.HostCrop(),) * 2)
   assert (src.num_examples, src.skipped_images) == (6, 3)
   batches = src.train_batches(global_batch_size=2, seed=0)
   labels = np.concatenate([next(batches)['label'] for _ in range(3)])  # one epoch, nothing crashes
@@ -343,5 +343,5 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     (tmp_path / 'junk' / 'train' / 'c0' / name).write_bytes(b'\x00' * 10)
   cfg.root = str(tmp_path / 'junk')
   with pytest.raises(UserError, match=r'none of the 2 images .* can be decoded \(e\.g\. train/c0/') as info:
-    data.get_source(cfg, split='train', train=True, num_views=2)
+    data.get_source(cfg, split='train', train=True, crops=(data.HostCrop(),) * 2)
   assert '\n' not in str(info.value)

@@ -222,7 +222,7 @@ def test_tfds_partners_fixed_size_and_host_crops(tmp_path):
 
   _jpeg_folder(tmp_path)
   cfg = ml_collections.ConfigDict(dict(cfg.to_dict(), name='image_folder', root=str(tmp_path), image_size=16))
-  source = data.get_source(cfg, split='train', train=True, num_views=1)
+  source = data.get_source(cfg, split='train', train=True)
   batch = next(source.train_batches(global_batch_size=4, seed=0, partners=True))
   assert batch['image'].shape == batch['partner'].shape == (4, 2, 16, 16, 3)
   # View 0 is the clean view: exactly the evaluation crop of some image of the split.
@@ -241,7 +241,7 @@ def test_fixed_horizontal_blur_matches_kornia_and_scipy():
   np.testing.assert_allclose(out, ndimage.correlate1d(np.asarray(image), taps, 1, mode='mirror'), atol=1e-6)
   np.testing.assert_allclose(augment.fixed_gaussian_blur(image, (0.0, 0.0), kernel_size=9), image)
   assert [augment.fixed_blur_kernel_size(0.1, s) for s in (16, 24, 32, 64, 96, 224)] == [1, 1, 3, 5, 9, 21]
-  with pytest.raises(UserError, match='kernel_size'):
+  with pytest.raises(ValueError, match='kernel_size'):  # an even kernel would shift the image
     augment.fixed_gaussian_blur(image, (0.1, 2.0), kernel_size=4)
   # Recipes apply it (here alone): away from the border the view is the blurred image.
   cfg = _identity_augment()
@@ -258,7 +258,7 @@ def test_periodic_cosine_schedule_is_the_codes():
   for t in (0, 50, 100, 200, 399, 400, 9599):
     assert lr(t) == pytest.approx(0.015 * (1 + np.cos(np.pi * t / 200)), abs=1e-7)
   cfg.schedule = 'exponential'
-  with pytest.raises(UserError, match='optimizer.schedule'):
+  with pytest.raises(ValueError, match='schedule'):  # a config's is refused by the schema first
     optim.create_schedule(cfg, batch_size=1024, total_steps=10, steps_per_epoch=5)
 
 
@@ -320,21 +320,15 @@ def test_bad_repmix_settings_are_user_errors():
 
 
 # ----------------------------------------------------------------------------------------------- trainer
-def test_runlocal_config_trains_end_to_end_and_one_device_equals_eight(tmp_path):
+def test_runlocal_config_trains_end_to_end(tmp_path):
+  # One device vs eight (partners included): tests/test_methods.py.
   c = repmix_cifar10.get_config('runlocal')
   c.total_steps = 2
   c.log_every_steps = 1
   c.eval.final = False  # the frozen-encoder evaluation is the same as SimCLR's, tested with the trainer
   with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path / 'tfds')):
-    for name, devices in (('one', jax.devices()[:1]), ('eight', jax.devices())):
-      train.train_and_evaluate(c, tmp_path / name, devices=devices)
-  one, eight = runs.logged(tmp_path / 'one'), runs.logged(tmp_path / 'eight')
-  assert np.isfinite(one).all()
-  np.testing.assert_allclose(one, eight, rtol=1e-5, atol=1e-6)
+    train.train_and_evaluate(c, tmp_path / 'run')
+  assert np.isfinite(runs.logged(tmp_path / 'run')).all()
   # The code's schedule: T_max = the run's epoch count (here 1) in steps, so 0.03 then 0.
-  np.testing.assert_allclose(runs.logged(tmp_path / 'one', 'lr'), [0.03, 0.0], atol=1e-8)
-  assert all(0 <= p <= 1 for p in runs.logged(tmp_path / 'one', 'probe_top1'))
-  a, b = runs.final_state(tmp_path / 'one'), runs.final_state(tmp_path / 'eight')
-  for x, y in zip(jax.tree.leaves((a['params'], a['batch_stats'])), jax.tree.leaves((b['params'],
-                                                                                       b['batch_stats']))):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(runs.logged(tmp_path / 'run', 'lr'), [0.03, 0.0], atol=1e-8)
+  assert all(0 <= p <= 1 for p in runs.logged(tmp_path / 'run', 'probe_top1'))

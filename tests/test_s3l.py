@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from configs import common, s3l_byol_cub, s3l_moco_cub, s3l_simclr_cub
-from ssl_jax import data, methods, optim, stages, train
+from ssl_jax import data, methods, models, optim, stages, train
 from ssl_jax.data import aircraft, sources
 from ssl_jax.encoder import build_from_checkpoint
 from ssl_jax.errors import UserError
@@ -331,7 +331,8 @@ def test_transfer_warm_up_and_fine_tune_in_one_command(mock_tfds, pretrained, mo
   loaded = _encoder_arrays(model)
   full = ml_collections.ConfigDict(run_config.to_dict())
   full.model.num_stages = 0
-  fresh = _encoder_arrays(methods.get_method(full).build_model(full, in_channels=3, rngs=nnx.Rngs(5)))
+  fresh = _encoder_arrays(models.build_compiled(
+      lambda: methods.get_method(full).build_model(full, in_channels=3, rngs=nnx.Rngs(5))))
   calls = []
   original = finetune.fine_tune
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import selfcon_cifar100, selfcon_digits, selfcon_imagenet
-from ssl_jax import benchmark, config_schema, losses, methods, train
+from ssl_jax import benchmark, losses, methods, train
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import exits, linear_cli as linear
 from ssl_jax.evaluate.linear_probe import linear_predict, topk_accuracy, train_linear_probe
@@ -180,7 +180,7 @@ def test_exit_ensemble_is_the_mean_of_the_exit_probes():
 
 def _check_and_build(c):
   """The trainer's order: the schema, the method's checks, then the model (shapes only)."""
-  config_schema.validate(c)
+  runs.check(c)
   method = methods.get_method(c)
   nnx.eval_shape(lambda: method.build_model(c, in_channels=3, rngs=nnx.Rngs(0)))
 
@@ -203,14 +203,14 @@ def test_bad_combinations_and_missing_block_are_user_errors():
     _check_and_build(c)
   del c['selfcon']
   with pytest.raises(UserError, match='`selfcon`'):
-    methods.get_method(c)
+    runs.check(c)
 
 
 def test_recipes_build_every_variant():
   for variant, v in selfcon.VARIANTS.items():
     c = selfcon_cifar100.get_config(f'runlocal,variant={variant}')
     model = selfcon.build_model(c, in_channels=3, rngs=nnx.Rngs(0))
-    assert selfcon.num_views(c) == v.views == c.num_views
+    assert len(selfcon.host_crops(c)) == v.views == c.num_views
     assert model.exit_names == (('backbone', 'sub') if v.sub_network else ('backbone',))
   for sub_net, blocks in (('small', [3, 1]), ('same', [6, 3])):  # ResNet-34's stages 3-4: 6 and 3 blocks
     c = selfcon_imagenet.get_config('runlocal')
@@ -281,28 +281,23 @@ def test_benchmark_rejects_bad_input_before_compiling(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- trainer
-def test_runlocal_config_trains_end_to_end_and_one_device_equals_eight(tmp_path):
+def test_runlocal_config_trains_end_to_end(tmp_path):
+  # One device vs eight: tests/test_methods.py.
   c = selfcon_cifar100.get_config('runlocal')
   c.total_steps = 2
   c.log_every_steps = 1
   c.eval.compare_random_init = False
   with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path / 'tfds')):
-    results = train.train_and_evaluate(c, tmp_path / 'one', devices=jax.devices()[:1])
+    results = train.train_and_evaluate(c, tmp_path / 'run')
     cfg = linear.default_config()
     cfg.epochs = 2
-    probe = linear.evaluate_linear(tmp_path / 'one', cfg)
-    c.eval.final = False  # training does not depend on it
-    train.train_and_evaluate(c, tmp_path / 'eight', devices=jax.devices())
+    probe = linear.evaluate_linear(tmp_path / 'run', cfg)
   # The trainer's final evaluation and the linear CLI score every exit and the ensemble.
   for key in ('linear_top1', 'linear_top1_sub', 'linear_top1_ensemble'):
     assert 0.0 <= results[key] <= 1.0
   assert probe['top1'] == probe['exits']['backbone']['top1']
   assert probe['sub_top1'] == probe['exits']['sub']['top1']
   assert len(probe['exits']['ensemble']['top1_per_epoch']) == 2
-  losses_one = runs.logged(tmp_path / 'one')
-  assert np.isfinite(losses_one).all()
-  np.testing.assert_allclose(losses_one, runs.logged(tmp_path / 'eight'), rtol=1e-5, atol=1e-6)
-  one, eight = runs.final_state(tmp_path / 'one'), runs.final_state(tmp_path / 'eight')
-  assert 'sub_network' in one['params'] and 'sub_head' in one['params']
-  for a, b in zip(jax.tree.leaves(one['params']), jax.tree.leaves(eight['params'])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert np.isfinite(runs.logged(tmp_path / 'run')).all()
+  params = runs.final_state(tmp_path / 'run')['params']
+  assert 'sub_network' in params and 'sub_head' in params

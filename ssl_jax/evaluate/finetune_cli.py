@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssl_jax import data, methods, paths, progress, sharding
+from ssl_jax import data, methods, models, paths, progress, sharding
 from ssl_jax.data import augment
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import linear_cli
@@ -284,7 +284,8 @@ def transfer(run_config, pretrained, *, num_stages: int = -1, bn_group_size: int
   config = ml_collections.ConfigDict(run_config.to_dict())
   config.model.update(num_stages=stages, bn_group_size=group)
   in_channels = int(pretrained.encoder.stem_conv.kernel.shape[-2])
-  model = methods.get_method(config).build_model(config, in_channels=in_channels, rngs=nnx.Rngs(seed))
+  model = models.build_compiled(
+      lambda: methods.get_method(config).build_model(config, in_channels=in_channels, rngs=nnx.Rngs(seed)))
   _copy_encoder(pretrained.encoder, model.encoder)
   return config, model
 

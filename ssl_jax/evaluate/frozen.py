@@ -11,7 +11,7 @@ import time
 from flax import nnx
 import jax
 
-from ssl_jax import data, progress, sharding
+from ssl_jax import data, models, progress, sharding
 from ssl_jax.errors import UserError
 from ssl_jax.evaluate import exits
 from ssl_jax.evaluate.features import extract_features, inference_features
@@ -101,9 +101,9 @@ class FrozenEncoderEval:
       progress.note(f'final evaluation: the same for the random initialisation, the baseline (part 2/2) | ETA '
                     f'{progress.duration(time.perf_counter() - started)}')
       # Rebuilding from the seed gives exactly the parameters this run started from.
-      init = self.method.build_model(self.config, in_channels=self.in_channels, rngs=nnx.Rngs(self.config.seed))
+      init = models.build_compiled(lambda: self.method.build_model(
+          self.config, in_channels=self.in_channels, rngs=nnx.Rngs(self.config.seed)), sharding.replicated(self.mesh))
       _, init_params, init_stats = nnx.split(init, nnx.Param, nnx.BatchStat)
-      init_params, init_stats = jax.device_put((init_params, init_stats), sharding.replicated(self.mesh))
       baseline = self._scores(init_params, init_stats)
       results.update(random_init_knn_top1=baseline['knn_top1'], random_init_linear_top1=baseline['linear_top1'])
     results['linear_protocol'] = (f'softmax classifier (AdamW, {self.config.eval.linear_epochs} epochs) on '

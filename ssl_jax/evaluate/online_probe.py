@@ -9,23 +9,17 @@ import jax.numpy as jnp
 import optax
 
 
-def create(feature_dim: int, num_classes: int, cfg, *, total_steps: int):
-  """The probe's initial state and its optimizer: SGD with momentum on a cosine schedule.
+def optimizer(cfg, *, total_steps: int) -> optax.GradientTransformation:
+  """The probe's optimizer: SGD with momentum and weight decay (`config.probe`) on a cosine schedule."""
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1)), momentum=cfg.momentum))
 
-  Args:
-    feature_dim: encoder feature width D.
-    num_classes: number of classes C.
-    cfg: the `config.probe` block (lr, momentum, weight_decay).
-    total_steps: length of the cosine schedule.
 
-  Returns:
-    (state, tx): state is {'params': {'w': (D, C), 'b': (C,)}, 'opt_state': ...}.
-  """
-  tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                   optax.sgd(optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1)), momentum=cfg.momentum))
+def init(feature_dim: int, num_classes: int, tx: optax.GradientTransformation) -> dict:
+  """The probe's initial state: {'params': {'w': (D, C) zeros, 'b': (C,) zeros}, 'opt_state': tx's}."""
   params = {'w': jnp.zeros((feature_dim, num_classes), jnp.float32),
             'b': jnp.zeros((num_classes,), jnp.float32)}
-  return {'params': params, 'opt_state': tx.init(params)}, tx
+  return {'params': params, 'opt_state': tx.init(params)}
 
 
 def update(state, tx, features, labels):
