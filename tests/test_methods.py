@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_jax import config_schema, data, methods, models, train
+from ssl_jax import data, methods, models, train
 from ssl_jax.errors import UserError
 
 import runs
@@ -50,7 +50,7 @@ def datasets():
 def test_declared_capabilities_are_honoured(name, datasets, tmp_path):
   labelled, unlabelled = datasets
   c = _tiny(name, unlabelled)
-  config_schema.validate(c)
+  runs.check(c)
   method = methods.get_method(c)
   caps = method.capabilities
   assert caps is importlib.import_module(f'ssl_jax.methods.{name}').CAPABILITIES
@@ -60,12 +60,12 @@ def test_declared_capabilities_are_honoured(name, datasets, tmp_path):
     stripped = _tiny(name, unlabelled)
     del (stripped[parent] if parent else stripped)[leaf]
     with pytest.raises(UserError, match=f'needs the config block `{block}`'):
-      methods.get_method(stripped)
+      runs.check(stripped)
   for addon in set(methods.ADDONS) - set(caps.addons):   # an add-on it does not declare is refused
     refused = _tiny(name, unlabelled)
     refused[addon].enabled = True
     with pytest.raises(UserError, match=f'{addon}.enabled=True does not support method {name!r}'):
-      methods.get_method(refused)
+      runs.check(refused)
   if caps.labels_needed(c):   # refused on a split without labels before anything is written
     with pytest.raises(UserError, match='has no labels'):
       train.train_and_evaluate(c, tmp_path / 'refused')
