@@ -79,6 +79,7 @@ def test_declared_capabilities_are_honoured(name, datasets, tmp_path):
   assert np.isfinite(runs.logged(tmp_path / 'one')).all()
   np.testing.assert_allclose(runs.logged(tmp_path / 'one'), runs.logged(tmp_path / 'eight'), rtol=1e-5,
                              atol=1e-6)
-  for a, b in zip(jax.tree.leaves((one['params'], one['extra'])), jax.tree.leaves((eight['params'],
-                                                                                   eight['extra']))):
+  # Parameters, BatchNorm statistics (ghost groups, per-view passes) and method state alike.
+  parts = ('params', 'batch_stats', 'extra')
+  for a, b in zip(jax.tree.leaves([one[k] for k in parts]), jax.tree.leaves([eight[k] for k in parts])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
